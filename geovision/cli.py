@@ -1,0 +1,148 @@
+"""The ``geovision`` command. Thin: it turns arguments into options and calls a workflow."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from geovision.errors import GeovisionError, GeovisionWarning
+
+
+def _int_list(_ctx: Any, _param: Any, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated band numbers such as 4,3,2, got {value!r}") from None
+
+
+def _str_list(_ctx: Any, _param: Any, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a GeovisionError as one clear line and exit 1 (no traceback)."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GeovisionError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _show_warnings() -> None:
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, GeovisionWarning):
+            click.secho(f"warning: {message}", fg="yellow", err=True)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", GeovisionWarning)
+
+
+@click.group()
+@click.version_option(package_name="geovision")
+def main() -> None:
+    """geovision: find, count and measure things in large georeferenced imagery."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _show_warnings()
+
+
+@main.command()
+@click.argument("rasters", nargs=-1, required=True)
+@click.option("--model", "-m", required=True, help="Model bundle (.safetensors).")
+@click.option("--out", "-o", required=True, help="Vector output: .gpkg, .geojson, .fgb or .parquet.")
+@click.option("--tile", type=int, default=None, help="Tile size in pixels (multiple of 32). Default: the bundle's.")
+@click.option("--overlap", type=int, default=64, show_default=True, help="Overlap between tiles in pixels.")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Tiles per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (cuda:1 ...).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              show_default=True, help="auto: bf16 + channels_last where the CPU supports it, mixed "
+              "precision on CUDA; fp32 turns it off.")
+@click.option("--bands", callback=_int_list, default=None, help="1-based bands to read in model order, e.g. 4,3,2.")
+@click.option("--min-area", type=float, default=None, help="Drop polygons smaller than this (m²).")
+@click.option("--simplify", type=float, default=None, help="Simplify polygons with this tolerance (metres).")
+@click.option("--probabilities", is_flag=True, help="Also write <stem>.probabilities.tif.")
+@click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:8786).")
+@click.option("--workers", type=int, default=None, help="Local reader threads (default: 2-4).")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or table.")
+@_friendly_errors
+def predict(rasters: tuple[str, ...], quiet: bool, **kwargs: Any) -> None:
+    """Segment RASTERS (GeoTIFF, COG, VRT, GDAL paths) into a class COG and a vector layer."""
+    from geovision.workflows.predict import predict as run
+
+    run(list(rasters), progress=not quiet, **kwargs)
+
+
+@main.group()
+def model() -> None:
+    """Create and inspect model bundles."""
+
+
+@model.command("init")
+@click.option("--task", type=click.Choice(["segmentation", "detection"]), default="segmentation", show_default=True)
+@click.option("--arch", default="unet", show_default=True, help="Architecture (any segmentation-models-pytorch name, or 'shallow').")
+@click.option("--encoder", default="resnet18", show_default=True, help="Encoder name.")
+@click.option("--bands", required=True, help="Number of input bands, or the 1-based band list, e.g. 3 or 4,3,2.")
+@click.option("--band-names", callback=_str_list, default=None, help="Names of the bands, e.g. red,green,blue.")
+@click.option("--classes", callback=_str_list, required=True, help="Class names, e.g. background,building.")
+@click.option("--tile", type=int, default=512, show_default=True, help="Tile size the model runs at.")
+@click.option("--resolution", type=float, default=None, help="Ground resolution in metres the model is meant for.")
+@click.option("--encoder-weights", default=None, help="e.g. imagenet (downloads unless cached; needs network).")
+@click.option("--out", "-o", required=True, help="Bundle to write (.safetensors).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
+@_friendly_errors
+def model_init(task: str, arch: str, encoder: str, bands: str, band_names: list[str] | None,
+               classes: list[str], tile: int, resolution: float | None, encoder_weights: str | None,
+               out: str, overwrite: bool) -> None:
+    """Create an untrained bundle (to train from, or to benchmark)."""
+    from geovision.errors import OutputExistsError
+    from geovision.models.bundle import init_bundle
+
+    if os.path.exists(out) and not overwrite:
+        raise OutputExistsError(f"{out}: exists already. Pass --overwrite to replace it.")
+    parsed = _int_list(None, None, bands) or []
+    band_arg: int | list[int] = parsed[0] if len(parsed) == 1 else parsed
+    config = init_bundle(out, task=task, arch=arch, encoder=encoder, bands=band_arg, classes=classes,
+                         band_names=band_names, tile_size=tile, ground_resolution_m=resolution,
+                         encoder_weights=encoder_weights)
+    click.echo(f"wrote {out} ({config.task}, {config.arch}/{config.encoder}, {config.in_channels} bands, "
+               f"{len(config.classes)} classes)")
+
+
+@model.command("info")
+@click.argument("bundle")
+@click.option("--json", "as_json", is_flag=True, help="Print the configuration as JSON.")
+@_friendly_errors
+def model_info(bundle: str, as_json: bool) -> None:
+    """Print a bundle's configuration (reads the header only)."""
+    from geovision.models.bundle import read_config
+
+    config = read_config(bundle)
+    if as_json:
+        click.echo(config.model_dump_json(indent=2))
+        return
+    data = config.model_dump()
+    for key, value in data.items():
+        if key == "classes":
+            value = ", ".join(f"{i}:{c['name']} {c['color']}" for i, c in enumerate(value))
+        click.echo(f"{key:>20}: {value}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

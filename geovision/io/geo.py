@@ -1,0 +1,202 @@
+"""True ground measures (m², m) of geometries and pixels in any CRS.
+
+Two methods, chosen from the CRS by :func:`area_method`:
+
+* ``"planar"`` — projected CRSs that keep distances nearly true (UTM, national
+  grids, conic/azimuthal projections...). Areas and lengths are measured in the
+  projection's plane and converted to metres with the CRS's linear unit, so
+  feet-based CRSs work. In UTM the scale error is below 0.1 % (at most 0.04 %
+  in area at the central meridian, about 0.1 % at the zone edges), well below
+  what a segmentation can resolve.
+* ``"geodesic"`` — geographic CRSs (degrees) and Mercator-family projections
+  (Web Mercator, EPSG:3857, and friends), whose scale grows with latitude
+  (+36 % in length at 45°). Coordinates are taken to WGS84 lon/lat and measured
+  on the WGS84 ellipsoid with :class:`pyproj.Geod` (Karney's algorithm).
+
+Geodesic edges join the transformed vertices, so a polygon with very long
+straight edges in the projection is measured slightly differently from its
+planar shape; for pixel-sized edges the difference is negligible. Geometries
+crossing the antimeridian are not handled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import pyproj
+import shapely
+from affine import Affine
+
+from geovision.errors import NoCRSError
+
+__all__ = ["area_method", "as_pyproj_crs", "ground_pixel_size_m", "linear_unit_m", "measure"]
+
+AreaMethod = Literal["planar", "geodesic"]
+
+_GEOD = pyproj.Geod(ellps="WGS84")
+
+
+def as_pyproj_crs(crs: Any) -> pyproj.CRS:
+    """Normalise a CRS given as rasterio ``CRS``, pyproj ``CRS``, ``"EPSG:32631"``, WKT or EPSG int.
+
+    Raises:
+        NoCRSError: ``crs`` is ``None`` or empty.
+    """
+    if crs is None or (isinstance(crs, str) and not crs.strip()):
+        raise NoCRSError("No CRS was given; geovision needs a CRS to measure in metres (e.g. 'EPSG:32631').")
+    if isinstance(crs, pyproj.CRS):
+        return crs
+    if hasattr(crs, "to_wkt"):  # rasterio.crs.CRS and similar
+        wkt = crs.to_wkt()
+        if not wkt:
+            raise NoCRSError(f"The CRS {crs!r} is empty; give the raster a CRS (e.g. 'EPSG:32631').")
+        return pyproj.CRS.from_wkt(wkt)
+    return pyproj.CRS.from_user_input(crs)
+
+
+def _horizontal(crs: pyproj.CRS) -> pyproj.CRS:
+    """The horizontal part of a compound or bound CRS (the CRS itself otherwise)."""
+    if crs.is_bound and crs.source_crs is not None:
+        crs = crs.source_crs
+    if crs.is_compound and crs.sub_crs_list:
+        crs = _horizontal(crs.sub_crs_list[0])
+    return crs
+
+
+@lru_cache(maxsize=64)
+def _method_and_unit(crs: pyproj.CRS) -> tuple[AreaMethod, float]:
+    """``(area method, metres per CRS linear unit)``; the unit is 1.0 for geodesic CRSs."""
+    horizontal = _horizontal(crs)
+    if horizontal.is_geographic:
+        return "geodesic", 1.0
+    operation = horizontal.coordinate_operation
+    method_name = operation.method_name if operation is not None else ""
+    if "Mercator" in method_name and "Transverse" not in method_name:
+        return "geodesic", 1.0
+    axes = horizontal.axis_info
+    unit = axes[0].unit_conversion_factor if axes else 1.0  # no axes: assume metres
+    return "planar", float(unit)
+
+
+@lru_cache(maxsize=64)
+def _to_lonlat(crs: pyproj.CRS) -> pyproj.Transformer:
+    """Transformer from ``crs`` to WGS84 ``(lon, lat)`` in degrees (x/y order on both sides)."""
+    return pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+
+
+def area_method(crs: Any) -> AreaMethod:
+    """How areas are measured in ``crs``: ``"geodesic"`` or ``"planar"``.
+
+    ``"geodesic"`` for geographic CRSs and Mercator-family projections (the
+    projection method's name contains "Mercator" but not "Transverse", for
+    example EPSG:3857 and EPSG:3395; note that this includes Hotine Oblique
+    Mercator grids such as the Swiss EPSG:2056, for which geodesic measures are
+    exact too, just slower). ``"planar"`` for every other projected CRS (UTM,
+    national grids...).
+
+    Args:
+        crs: rasterio ``CRS``, pyproj ``CRS`` or anything :meth:`pyproj.CRS.from_user_input` takes.
+    """
+    return _method_and_unit(as_pyproj_crs(crs))[0]
+
+
+def linear_unit_m(crs: Any) -> float:
+    """Metres per linear unit of a projected ``crs`` (0.3048006... for US survey feet).
+
+    Geodesic CRSs (see :func:`area_method`) return 1.0: their measures never use the unit.
+    """
+    return _method_and_unit(as_pyproj_crs(crs))[1]
+
+
+def measure(geoms: np.ndarray | Sequence[shapely.Geometry | None], crs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Ground area and perimeter of (Multi)Polygons given in ``crs``.
+
+    Planar CRSs: shapely's area and length in the projection times the linear
+    unit factor (squared for areas). Geodesic CRSs: vertices are transformed to
+    WGS84 lon/lat and each ring is measured on the WGS84 ellipsoid; hole areas
+    are subtracted and hole boundaries count in the perimeter, as in the planar
+    case. ``None`` and empty geometries measure 0.
+
+    Args:
+        geoms: ``(N,)`` geometries in ``crs`` coordinates.
+        crs: the CRS of ``geoms``.
+
+    Returns:
+        ``(area_m2, perimeter_m)``, two ``(N,)`` float64 arrays in m² and m.
+    """
+    pcrs = as_pyproj_crs(crs)
+    method, unit = _method_and_unit(pcrs)
+    geoms = np.asarray(geoms, dtype=object).reshape(-1)
+    if geoms.size == 0:
+        return np.zeros(0), np.zeros(0)
+    match method:
+        case "planar":
+            area = np.nan_to_num(shapely.area(geoms), nan=0.0) * unit**2
+            perimeter = np.nan_to_num(shapely.length(geoms), nan=0.0) * unit
+        case "geodesic":
+            area, perimeter = _measure_geodesic(geoms, pcrs)
+    return area.astype(np.float64), perimeter.astype(np.float64)
+
+
+def _measure_geodesic(geoms: np.ndarray, crs: pyproj.CRS) -> tuple[np.ndarray, np.ndarray]:
+    """Geodesic ``(area_m2, perimeter_m)`` of ``(N,)`` geometries in ``crs``."""
+    transformer = _to_lonlat(crs)
+
+    def to_lonlat(xy: np.ndarray) -> np.ndarray:
+        lon, lat = transformer.transform(xy[:, 0], xy[:, 1])
+        return np.column_stack([lon, lat])
+
+    lonlat = shapely.transform(geoms, to_lonlat)
+    # Exterior rings counter-clockwise, holes clockwise: pyproj's signed ring areas then add up.
+    lonlat = shapely.orient_polygons(lonlat)
+    parts, part_owner = shapely.get_parts(lonlat, return_index=True)
+    rings, ring_part = shapely.get_rings(parts, return_index=True)
+    ring_owner = part_owner[ring_part]
+    coords, coord_ring = shapely.get_coordinates(rings, return_index=True)
+    starts = np.searchsorted(coord_ring, np.arange(len(rings) + 1))
+
+    ring_area = np.zeros(len(rings))
+    ring_perimeter = np.zeros(len(rings))
+    for i in range(len(rings)):  # pyproj measures one ring per call
+        ring = coords[starts[i] : starts[i + 1]]
+        ring_area[i], ring_perimeter[i] = _GEOD.polygon_area_perimeter(ring[:, 0], ring[:, 1])
+    n = len(geoms)
+    area = np.abs(np.bincount(ring_owner, weights=ring_area, minlength=n))
+    perimeter = np.bincount(ring_owner, weights=ring_perimeter, minlength=n)
+    return area, perimeter
+
+
+def ground_pixel_size_m(transform: Affine, crs: Any, height: int, width: int) -> tuple[float, float]:
+    """Ground size of one pixel at the centre of a ``height × width`` raster.
+
+    Args:
+        transform: the raster's affine transform (pixel ``(col, row)`` to CRS ``(x, y)``).
+        crs: the raster's CRS.
+        height: raster rows (pixels).
+        width: raster columns (pixels).
+
+    Returns:
+        ``(x_size_m, y_size_m)``: the ground length in metres of one pixel step
+        along a row and along a column. Geodesic distances for geodesic CRSs
+        (see :func:`area_method`), planar lengths times the unit factor otherwise.
+    """
+    pcrs = as_pyproj_crs(crs)
+    method, unit = _method_and_unit(pcrs)
+    match method:
+        case "planar":
+            x_size = float(np.hypot(transform.a, transform.d)) * unit
+            y_size = float(np.hypot(transform.b, transform.e)) * unit
+            return x_size, y_size
+        case "geodesic":
+            col, row = width / 2.0, height / 2.0
+            # One pixel step along the row and along the column, centred on the raster's centre.
+            px = np.array([col - 0.5, col + 0.5, col, col])
+            py = np.array([row, row, row - 0.5, row + 0.5])
+            x = transform.a * px + transform.b * py + transform.c
+            y = transform.d * px + transform.e * py + transform.f
+            lon, lat = _to_lonlat(pcrs).transform(x, y)
+            _, _, dist = _GEOD.inv(lon[[0, 2]], lat[[0, 2]], lon[[1, 3]], lat[[1, 3]])
+            return float(dist[0]), float(dist[1])

@@ -1,0 +1,255 @@
+"""Architecture registry: build a ``torch.nn.Module`` from a :class:`BundleConfig`.
+
+Segmentation architectures are every segmentation-models-pytorch (smp)
+architecture, looked up by name (``"unet"``, ``"fpn"``, ``"deeplabv3plus"``,
+...) with any smp encoder (``"resnet18"``, ``"efficientnet-b0"``, ``"tu-<timm
+model>"``, ...), plus one built-in architecture, ``"shallow"``
+(:class:`ShallowNet`). A typo in an architecture, encoder or parameter name is a
+:class:`~geovision.errors.ConfigError` that lists the valid names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Mapping
+from functools import lru_cache
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from geovision.errors import BundleError, ConfigError
+from geovision.models.bundle import BundleConfig
+
+__all__ = ["SHALLOW_ARCH", "ShallowNet", "build_model", "list_architectures", "list_encoders", "load_weights"]
+
+SHALLOW_ARCH = "shallow"
+"""Name of the built-in architecture."""
+
+# Arguments geovision sets itself from the config; they may not appear in arch_params.
+_RESERVED_PARAMS = ("encoder_name", "encoder_weights", "in_channels", "classes", "activation")
+
+
+class ShallowNet(nn.Module):
+    """A small fully-convolutional segmentation net with a known, tiny receptive field.
+
+    ``depth`` 3x3 convolutions (padding 1, ``width`` channels) each followed by a
+    ReLU, then a 1x1 convolution to ``classes`` logits. Its receptive field is
+    ``2 * depth + 1`` pixels, and it accepts any input height and width.
+
+    It exists so tests can prove that tiled prediction equals whole-image
+    prediction: when the receptive field fits inside the tile overlap (and the
+    blend weights are 1 where tiles are compared), every pixel sees the same input
+    context in a tile as in the whole image. It is also quick to train on toy
+    data. Encoder name: ``"none"``; ``arch_params``: ``{"depth": 3, "width": 16}``.
+
+    Args:
+        in_channels: input bands.
+        classes: output classes (logit channels).
+        depth: number of 3x3 conv + ReLU layers (>= 1).
+        width: channels of the hidden layers (>= 1).
+    """
+
+    def __init__(self, in_channels: int, classes: int, depth: int = 3, width: int = 16) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for _ in range(depth):
+            layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Conv2d(channels, classes, kernel_size=1)
+        self.depth = depth
+        self.width = width
+
+    @property
+    def receptive_field(self) -> int:
+        """Receptive field edge in pixels: ``2 * depth + 1``."""
+        return 2 * self.depth + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, H, W)`` -> ``(N, classes, H, W)`` logits."""
+        return self.head(self.features(x))
+
+
+@lru_cache(maxsize=1)
+def _smp() -> ModuleType:
+    # Imported on first use: smp (and timm) take seconds to import.
+    import segmentation_models_pytorch as smp
+
+    return smp
+
+
+def _smp_architectures() -> dict[str, type[nn.Module]]:
+    return dict(_smp().MODEL_ARCHITECTURES_MAPPING)
+
+
+def list_architectures() -> list[str]:
+    """Names of every architecture :func:`build_model` knows, sorted (smp's and ``"shallow"``)."""
+    return sorted([*_smp_architectures(), SHALLOW_ARCH])
+
+
+def list_encoders() -> list[str]:
+    """smp encoder names (``"tu-<timm model>"`` encoders are accepted too but not listed)."""
+    return list(_smp().encoders.get_encoder_names())
+
+
+def _suggest(value: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(value, choices, n=3)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _check_encoder(encoder: str) -> None:
+    if encoder.startswith("tu-"):
+        import timm
+
+        if not timm.is_model(encoder[3:]):
+            raise ConfigError(
+                f"unknown timm encoder {encoder!r}: timm has no model {encoder[3:]!r}. "
+                "List timm models with timm.list_models(), e.g. 'tu-resnet18' or 'tu-convnext_tiny'."
+            )
+        return
+    names = list_encoders()
+    if encoder not in names:
+        raise ConfigError(
+            f"unknown encoder {encoder!r}.{_suggest(encoder, names)} Valid encoders: {', '.join(names)}; "
+            "or 'tu-<timm model name>' for any timm model."
+        )
+
+
+def _build_shallow(config: BundleConfig) -> nn.Module:
+    if config.encoder != "none":
+        raise ConfigError(f"the 'shallow' architecture has no encoder: set encoder to 'none', got {config.encoder!r}")
+    params = dict(config.arch_params)
+    unknown = sorted(set(params) - {"depth", "width"})
+    if unknown:
+        raise ConfigError(f"unknown arch_params {unknown} for 'shallow'; valid parameters: depth, width")
+    depth, width = params.get("depth", 3), params.get("width", 16)
+    for name, value in (("depth", depth), ("width", width)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"arch_params {name} for 'shallow' must be an integer >= 1, got {value!r}")
+    return ShallowNet(config.in_channels, config.num_classes, depth=depth, width=width)
+
+
+def _build_smp(config: BundleConfig, encoder_weights: str | None) -> nn.Module:
+    architectures = _smp_architectures()
+    model_class = architectures[config.arch.lower()]
+    _check_encoder(config.encoder)
+
+    params = dict(config.arch_params)
+    reserved = sorted(set(params) & set(_RESERVED_PARAMS))
+    if reserved:
+        raise ConfigError(
+            f"arch_params may not set {reserved}: geovision sets encoder_name/in_channels/classes from the "
+            "config, encoder_weights from the command, and applies softmax itself (no activation). Remove them."
+        )
+    signature = inspect.signature(model_class.__init__)
+    valid = [n for n, p in signature.parameters.items() if n != "self" and p.kind is not p.VAR_KEYWORD]
+    if not config.encoder.startswith("tu-"):  # only timm encoders take extra keyword arguments
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            allowed = [n for n in valid if n not in _RESERVED_PARAMS]
+            raise ConfigError(
+                f"unknown arch_params {unknown} for {config.arch!r}; valid parameters: {', '.join(allowed)}"
+            )
+    try:
+        return _smp().create_model(
+            config.arch.lower(),
+            encoder_name=config.encoder,
+            encoder_weights=encoder_weights,
+            in_channels=config.in_channels,
+            classes=config.num_classes,
+            **params,
+        )
+    except (KeyError, ValueError, TypeError, AssertionError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise ConfigError(
+            f"cannot build {config.arch!r} with encoder {config.encoder!r} and arch_params {params}: {message}"
+        ) from exc
+    except Exception as exc:  # network / hub errors while fetching pretrained weights
+        if encoder_weights is None:
+            raise
+        raise ConfigError(
+            f"cannot fetch pretrained weights {encoder_weights!r} for encoder {config.encoder!r}: "
+            f"{str(exc).rstrip('. ')}. "
+            "Connect to the internet (or fill the Hugging Face cache) once, or use encoder_weights=None "
+            "for random weights."
+        ) from exc
+
+
+def build_model(config: BundleConfig, encoder_weights: str | None = None) -> nn.Module:
+    """Build the (untrained) model a config describes.
+
+    Args:
+        config: the bundle configuration (``task``, ``arch``, ``encoder``,
+            ``arch_params``, ``in_channels``, ``classes``).
+        encoder_weights: pretrained encoder weights to download, e.g. ``"imagenet"``;
+            ``None`` gives random weights and needs no network.
+
+    Returns:
+        A module mapping ``(N, in_channels, H, W)`` float input to
+        ``(N, num_classes, H, W)`` logits. smp models want ``H`` and ``W`` divisible by 32.
+
+    Raises:
+        ConfigError: unknown architecture, encoder or parameter (the message lists the
+            valid names), a detection task, or pretrained weights that cannot be fetched.
+    """
+    if config.task == "detection":
+        raise ConfigError(
+            "detection models are not available yet; use a segmentation bundle (task 'segmentation')"
+        )
+    if config.arch.lower() == SHALLOW_ARCH:
+        return _build_shallow(config)
+    architectures = _smp_architectures()
+    if config.arch.lower() not in architectures:
+        names = list_architectures()
+        raise ConfigError(
+            f"unknown architecture {config.arch!r}.{_suggest(config.arch.lower(), names)} "
+            f"Valid architectures: {', '.join(names)}"
+        )
+    return _build_smp(config, encoder_weights)
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "the bundle") -> None:
+    """Load ``state_dict`` into ``model`` strictly, explaining any mismatch.
+
+    Args:
+        model: the module from :func:`build_model`.
+        state_dict: weights, ``name -> tensor``.
+        source: where the weights come from, for the message (e.g. the bundle path).
+
+    Raises:
+        BundleError: names are missing or unexpected, or shapes differ; the message
+            lists them (the first few of each).
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = [
+        f"{k}: {tuple(state_dict[k].shape)} in the weights, {tuple(expected[k].shape)} in the model"
+        for k in sorted(set(expected) & set(state_dict))
+        if tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+
+        def show(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {show(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {show(unexpected)}")
+        if wrong_shape:
+            parts.append(f"{len(wrong_shape)} with a different shape: {show(wrong_shape)}")
+        raise BundleError(
+            f"the weights in {source} do not fit the architecture the config describes "
+            f"({type(model).__name__}): {'; '.join(parts)}. The bundle's weights and configuration "
+            "do not belong together: export the bundle again from the trained model."
+        )
+    try:
+        model.load_state_dict(dict(state_dict), strict=True)
+    except RuntimeError as exc:
+        raise BundleError(f"cannot load the weights in {source}: {exc}") from exc

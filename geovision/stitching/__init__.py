@@ -1,0 +1,1 @@
+"""Stitching: block-wise probability accumulation and vectorisation of class rasters (``vectorize``)."""

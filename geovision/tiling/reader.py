@@ -1,0 +1,186 @@
+"""Reading rasters tile by tile: validation up front, windowed reads per batch.
+
+Nothing here ever reads a whole raster. Each read opens the dataset inside a
+``rasterio.Env`` whose GDAL block cache is capped (``GDAL_CACHEMAX``), which
+keeps a streaming reader's memory flat: GDAL's default cache grows to 5% of RAM.
+The functions are plain and picklable so Dask can run them on local threads or
+on the worker processes of a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+
+from geovision.errors import BandMismatchError, NoCRSError, RasterReadError
+from geovision.types import Tile, Window
+
+#: GDAL block cache per reading process, in megabytes.
+GDAL_CACHE_MB = int(os.environ.get("GEOVISION_GDAL_CACHEMAX", "64"))
+
+
+def gdal_env() -> rasterio.Env:
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+
+
+@dataclass(frozen=True, slots=True)
+class RasterInfo:
+    """What geovision needs to know about an input raster (no pixel data).
+
+    ``bands`` are the 1-based band indices that will be read, in model order.
+    """
+
+    path: str
+    height: int
+    width: int
+    count: int
+    dtype: str
+    crs_wkt: str
+    transform: tuple[float, ...]
+    bands: tuple[int, ...]
+    nodata: float | None
+
+    @property
+    def affine(self):
+        from affine import Affine
+
+        return Affine(*self.transform[:6])
+
+    @property
+    def crs(self):
+        from rasterio.crs import CRS
+
+        return CRS.from_wkt(self.crs_wkt)
+
+    @property
+    def megapixels(self) -> float:
+        return self.height * self.width / 1e6
+
+
+def open_raster(path: str, bands: Sequence[int] | None, expected_bands: int) -> RasterInfo:
+    """Open ``path``, check it can serve a model reading ``expected_bands`` bands.
+
+    Args:
+        path: file path or GDAL path (``/vsis3/...``, ``.vrt``), passed to GDAL untouched.
+        bands: 1-based band indices to read in model order, or ``None`` for the first
+            ``expected_bands`` bands.
+        expected_bands: how many bands the model takes.
+
+    Raises:
+        RasterReadError: the file cannot be opened.
+        NoCRSError: the raster has no CRS.
+        BandMismatchError: the bands asked for do not exist or do not match the model.
+    """
+    try:
+        with gdal_env(), rasterio.open(path) as ds:
+            height, width, count = ds.height, ds.width, ds.count
+            crs, transform, dtype, nodata = ds.crs, ds.transform, ds.dtypes[0], ds.nodata
+    except RasterioError as exc:
+        raise RasterReadError(
+            f"{path}: cannot open as a raster ({exc}). Check that the path is right and the file is a "
+            "complete GeoTIFF, COG or VRT (re-export or re-download it if it was truncated)."
+        ) from exc
+    if crs is None:
+        raise NoCRSError(
+            f"{path}: the raster has no coordinate reference system, so outputs could not be placed "
+            "on a map or measured. Assign one, e.g. `gdal_edit.py -a_srs EPSG:32631 FILE`."
+        )
+    if bands is None:
+        if count < expected_bands:
+            raise BandMismatchError(
+                f"{path}: the model takes {expected_bands} bands but the raster has {count}. "
+                "Use a raster with the bands the model was trained on, or a model made for "
+                f"{count} band(s)."
+            )
+        if count > expected_bands:
+            from geovision.errors import warn
+
+            warn(
+                f"{path}: the raster has {count} bands and the model takes {expected_bands}; "
+                f"reading bands 1-{expected_bands}. Pass --bands to choose others."
+            )
+        bands = list(range(1, expected_bands + 1))
+    bands = tuple(int(b) for b in bands)
+    if len(bands) != expected_bands:
+        raise BandMismatchError(
+            f"{path}: --bands names {len(bands)} band(s) {list(bands)} but the model takes "
+            f"{expected_bands}. Name exactly {expected_bands} band indices."
+        )
+    bad = [b for b in bands if not 1 <= b <= count]
+    if bad:
+        raise BandMismatchError(
+            f"{path}: band(s) {bad} do not exist; the raster has bands 1-{count}. Fix --bands."
+        )
+    return RasterInfo(
+        path=path,
+        height=height,
+        width=width,
+        count=count,
+        dtype=dtype,
+        crs_wkt=crs.to_wkt(),
+        transform=tuple(transform)[:6],
+        bands=bands,
+        nodata=nodata,
+    )
+
+
+@dataclass(slots=True)
+class TileData:
+    """Pixels of one tile, padded to ``tile_size`` when the raster is smaller.
+
+    ``data`` is ``(bands, tile_size, tile_size)`` in the raster's dtype; ``valid`` is
+    ``(tile_size, tile_size)`` bool, False for nodata, masked and padding pixels.
+    """
+
+    tile: Tile
+    data: np.ndarray
+    valid: np.ndarray
+
+
+def read_tiles(info: RasterInfo, tiles: Sequence[Tile], tile_size: int) -> tuple[list[TileData], list[Tile]]:
+    """Read a batch of tiles. Returns ``(read, skipped)``: tiles that are entirely nodata are skipped.
+
+    The validity mask comes from GDAL's per-band masks (nodata values, internal
+    mask bands, alpha), combined so a pixel is valid only when every band read is
+    valid; NaNs in float rasters count as nodata.
+    """
+    read: list[TileData] = []
+    skipped: list[Tile] = []
+    try:
+        with gdal_env(), rasterio.open(info.path) as ds:
+            for tile in tiles:
+                rw = tile.window.to_rasterio()
+                masks = ds.read_masks(info.bands, window=rw)
+                valid = np.all(masks > 0, axis=0)
+                if not valid.any():
+                    skipped.append(tile)
+                    continue
+                data = ds.read(info.bands, window=rw)
+                if data.dtype.kind == "f":
+                    valid &= ~np.isnan(data).any(axis=0)
+                    if not valid.any():
+                        skipped.append(tile)
+                        continue
+                h, w = valid.shape
+                if (h, w) != (tile_size, tile_size):
+                    padded = np.zeros((data.shape[0], tile_size, tile_size), dtype=data.dtype)
+                    padded[:, :h, :w] = data
+                    pvalid = np.zeros((tile_size, tile_size), dtype=bool)
+                    pvalid[:h, :w] = valid
+                    data, valid = padded, pvalid
+                read.append(TileData(tile, data, valid))
+    except RasterioError as exc:
+        raise RasterReadError(
+            f"{info.path}: reading pixels failed near window {tiles[0].window} ({exc}). The file may be "
+            "truncated or corrupt: re-export or re-download it."
+        ) from exc
+    return read, skipped
+
+
+def window_from_rasterio(w) -> Window:
+    return Window(int(w.row_off), int(w.col_off), int(w.height), int(w.width))

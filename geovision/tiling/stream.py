@@ -1,0 +1,53 @@
+"""Stream tile batches through Dask with bounded read-ahead.
+
+Batches are submitted to a Dask client (a local in-process cluster of reader
+threads by default, or an existing cluster) and consumed in submission order,
+with at most ``prefetch`` batches in flight: the readers stay ahead of the
+model, and memory holds only the batches in flight.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from geovision.types import Tile
+
+
+def batched(tiles: Sequence[Tile], size: int) -> list[list[Tile]]:
+    """Split ``tiles`` (row-major) into consecutive batches of ``size``."""
+    if size <= 0:
+        raise ValueError(f"batch size must be positive, got {size}")
+    return [list(tiles[i : i + size]) for i in range(0, len(tiles), size)]
+
+
+def stream(
+    client: Any,
+    func: Callable[..., Any],
+    batches: Sequence[Sequence[Tile]],
+    *args: Any,
+    prefetch: int,
+    **kwargs: Any,
+) -> Iterator[tuple[Sequence[Tile], Any]]:
+    """Yield ``(batch, func(*args, batch, **kwargs))`` in order, running ``func`` on the Dask client.
+
+    At most ``prefetch`` batches are submitted ahead of the one being consumed.
+    If the consumer stops early, the outstanding futures are cancelled.
+    """
+    pending: deque = deque()
+    it = iter(batches)
+    try:
+        for batch in it:
+            pending.append((batch, client.submit(func, *args, batch, pure=False, **kwargs)))
+            if len(pending) >= prefetch:
+                break
+        while pending:
+            batch, future = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, client.submit(func, *args, nxt, pure=False, **kwargs)))
+            yield batch, future.result()
+    finally:
+        for _, future in pending:
+            future.cancel()

@@ -1,0 +1,492 @@
+"""``geovision predict``: rasters in, class COG + probability COG + vector layer + summary out.
+
+Data flow (see docs/ARCHITECTURE.md)::
+
+    TileGrid (pure)  ->  Dask readers (threads or cluster)  ->  batched model (main thread,
+    or the cluster's workers)  ->  stitcher thread: BlockAccumulator -> BlockWriter (scratch
+    GeoTIFF) + PolygonCollector -> LayerSink (scratch GeoPackage)  ->  COG copies, vector
+    export, summary  ->  atomic rename of every output
+
+The main thread only runs the model; reading happens ahead of it on Dask
+threads and stitching/writing behind it on a stitcher thread, so the model
+stays busy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from geovision.errors import ConfigError, NodataOnlyError, TaskMismatchError, warn
+from geovision.io.outputs import AtomicOutputs, sibling, vector_driver
+from geovision.io.raster import BLOCK_SIZE, BlockWriter, hex_to_rgba, probability_to_uint8, to_cog
+from geovision.io.vector import LayerSink, export
+from geovision.stitching.accumulate import CLASS_NODATA, BlockAccumulator, FinishedBlock
+from geovision.tiling.grid import BlockGrid, TileGrid
+from geovision.tiling.reader import RasterInfo, TileData, open_raster, read_tiles
+from geovision.tiling.stream import batched, stream
+from geovision.types import Tile
+
+log = logging.getLogger(__name__)
+
+LAYER = "predictions"
+
+
+class PredictOptions(BaseModel):
+    """Everything ``predict`` needs; the CLI only fills this in. Unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rasters: list[str] = Field(min_length=1)
+    model: str
+    out: str
+    tile: int | None = Field(default=None, description="tile edge in pixels; default: the bundle's")
+    overlap: int = Field(default=64, ge=0)
+    batch_size: int = Field(default=4, ge=1)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    bands: list[int] | None = None
+    min_area: float | None = Field(default=None, ge=0, description="m²")
+    simplify: float | None = Field(default=None, ge=0, description="metres")
+    probabilities: bool = False
+    scheduler: str | None = None
+    workers: int | None = Field(default=None, ge=1)
+    overwrite: bool = False
+    progress: bool = True
+
+    @field_validator("tile")
+    @classmethod
+    def _tile_multiple_of_32(cls, v: int | None) -> int | None:
+        if v is not None and (v <= 0 or v % 32):
+            raise ValueError(f"tile must be a positive multiple of 32 (the models downsample by 32), got {v}")
+        return v
+
+
+@dataclass
+class RasterRun:
+    """Counters and outputs of one input raster."""
+
+    info: RasterInfo
+    classes_path: Path
+    probabilities_path: Path | None
+    tiles_total: int = 0
+    tiles_processed: int = 0
+    tiles_skipped: int = 0
+
+
+@dataclass
+class PredictResult:
+    """What ``predict`` wrote. ``summary`` is the content of ``<stem>.summary.json``."""
+
+    vector_path: Path
+    summary_path: Path
+    class_rasters: list[Path]
+    probability_rasters: list[Path]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+_WORKER_PREDICTORS: dict[tuple[str, str, str], Any] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_predictor(bundle_bytes: bytes, digest: str, device: str, precision: str):
+    """Load (once per worker process) the predictor for a bundle sent as raw safetensors bytes."""
+    from geovision.models.segmentation import SegmentationPredictor
+
+    key = (digest, device, precision)
+    with _WORKER_LOCK:
+        if key not in _WORKER_PREDICTORS:
+            path = Path(tempfile.gettempdir()) / f"geovision-bundle-{digest}.safetensors"
+            if not path.exists():
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_bytes(bundle_bytes)
+                os.replace(tmp, path)
+            _WORKER_PREDICTORS[key] = SegmentationPredictor.from_bundle(path, device=device, precision=precision)
+        return _WORKER_PREDICTORS[key]
+
+
+def _read_and_predict(
+    info: RasterInfo, tile_size: int, bundle_bytes: bytes, digest: str, device: str, precision: str,
+    tiles: Sequence[Tile],
+) -> tuple[list[tuple[Tile, np.ndarray, np.ndarray]], list[Tile]]:
+    """Cluster task: read a batch and run the model on the worker; returns probabilities."""
+    read, skipped = read_tiles(info, tiles, tile_size)
+    if not read:
+        return [], skipped
+    predictor = _worker_predictor(bundle_bytes, digest, device, precision)
+    probs = predictor.predict(np.stack([t.data for t in read]), np.stack([t.valid for t in read]))
+    return [(t.tile, p, t.valid) for t, p in zip(read, probs)], skipped
+
+
+def _read(info: RasterInfo, tile_size: int, tiles: Sequence[Tile]) -> tuple[list[TileData], list[Tile]]:
+    return read_tiles(info, tiles, tile_size)
+
+
+# --------------------------------------------------------------------------- stitcher
+
+
+class _Stitcher(threading.Thread):
+    """Consumes tile probabilities, finishes blocks, writes them and vectorises them."""
+
+    def __init__(self, accumulator: BlockAccumulator, classes: BlockWriter, probs: BlockWriter | None,
+                 collector, sink: LayerSink) -> None:
+        super().__init__(name="geovision-stitcher", daemon=True)
+        self.inbox: queue.Queue = queue.Queue(maxsize=8)
+        self.accumulator, self.classes, self.probs = accumulator, classes, probs
+        self.collector, self.sink = collector, sink
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while True:
+                item = self.inbox.get()
+                if item is None:
+                    break
+                for kind, tile, p, v in item:
+                    done = self.accumulator.add(tile, p, v) if kind == "add" else self.accumulator.skip(tile)
+                    for block in done:
+                        self._write(block)
+            self.accumulator.check_complete()
+            self.sink.append(self.collector.finish())
+        except BaseException as exc:  # handed to the main thread
+            self.error = exc
+            while True:  # drain so the producer never blocks forever
+                if self.inbox.get() is None:
+                    break
+
+    def _write(self, block: FinishedBlock) -> None:
+        self.classes.write(block.window, block.classes)
+        if self.probs is not None:
+            self.probs.write(block.window, probability_to_uint8(block.probabilities, block.valid))
+        self.sink.append(self.collector.add_block(block.window, block.classes, block.probabilities))
+
+    def put(self, items: list) -> None:
+        if self.error is not None:
+            raise self.error
+        self.inbox.put(items)
+
+
+# --------------------------------------------------------------------------- workflow
+
+
+def _client(options: PredictOptions):
+    from distributed import Client, LocalCluster
+
+    if options.scheduler:
+        try:
+            return Client(options.scheduler, timeout="20s")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot reach the Dask scheduler at {options.scheduler} ({exc}). Check the address "
+                "(e.g. tcp://10.0.0.5:8786) and that `dask scheduler` is running."
+            ) from exc
+    workers = options.workers or max(2, min(4, os.cpu_count() or 2))
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    return Client(cluster)
+
+
+def _resolution_check(info: RasterInfo, bundle_res: float | None) -> float:
+    from geovision.io.geo import ground_pixel_size_m
+
+    xs, ys = ground_pixel_size_m(info.affine, info.crs, info.height, info.width)
+    res = float((xs + ys) / 2)
+    if bundle_res and not 0.5 <= res / bundle_res <= 2.0:
+        warn(
+            f"{info.path}: ground resolution {res:.3g} m is far from the model's {bundle_res:.3g} m; "
+            "predictions may be poor. Resample the raster (gdalwarp -tr) or use a model trained at "
+            "this resolution."
+        )
+    return res
+
+
+def predict(
+    rasters: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    model: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    **options: Any,
+) -> PredictResult:
+    """Segment one or more rasters with a model bundle.
+
+    Args:
+        rasters: raster path(s): GeoTIFF, COG, VRT or any GDAL path (``/vsis3/...``).
+        model: ``.safetensors`` bundle (see ``geovision model init``).
+        out: vector output; the extension picks the format (``.gpkg``, ``.geojson``,
+            ``.fgb``, ``.parquet``). ``<stem>.classes.tif``, ``<stem>.probabilities.tif``
+            (with ``probabilities=True``) and ``<stem>.summary.json`` are written beside it.
+        **options: any field of :class:`PredictOptions` (tile, overlap, batch_size, device,
+            precision, bands, min_area, simplify, probabilities, scheduler, workers,
+            overwrite, progress).
+
+    Returns:
+        The paths written and the summary.
+
+    Raises:
+        GeovisionError: a subclass naming the file and the fix, for every bad input. No
+            output is left behind on failure.
+    """
+    if isinstance(rasters, (str, os.PathLike)):
+        rasters = [rasters]
+    opts = PredictOptions(rasters=[str(r) for r in rasters], model=str(model), out=str(out), **options)
+    return run_predict(opts)
+
+
+def run_predict(opts: PredictOptions) -> PredictResult:
+    from geovision.models.bundle import load_bundle
+    from geovision.stitching.vectorize import PolygonCollector
+
+    t0 = time.perf_counter()
+    vector_driver(opts.out)  # unknown extension -> error before any work
+    config, state = load_bundle(opts.model)
+    if config.task != "segmentation":
+        raise TaskMismatchError(
+            f"{opts.model}: this bundle is a {config.task} model; `predict` segments with segmentation "
+            "bundles here. Use a segmentation bundle."
+        )
+    tile_size = opts.tile or config.tile_size
+    if opts.overlap >= tile_size // 2:
+        raise ConfigError(f"overlap {opts.overlap} must be less than half the tile ({tile_size}); lower --overlap.")
+
+    infos = [open_raster(path, opts.bands, config.in_channels) for path in opts.rasters]
+    resolutions = [_resolution_check(info, config.ground_resolution_m) for info in infos]
+    multi = len(infos) > 1
+
+    outputs = AtomicOutputs(opts.rasters, opts.overwrite)
+    with outputs:
+        vector_tmp = outputs.add(opts.out)
+        summary_path = sibling(opts.out, ".summary.json")
+        summary_tmp = outputs.add(summary_path)
+        runs: list[RasterRun] = []
+        for info in infos:
+            stem = f".{Path(info.path).stem}" if multi else ""
+            cpath = sibling(opts.out, f"{stem}.classes.tif")
+            ppath = sibling(opts.out, f"{stem}.probabilities.tif") if opts.probabilities else None
+            runs.append(RasterRun(info, cpath, ppath))
+        # final COG path -> (temporary COG, scratch GeoTIFF written block by block)
+        cog_tmps: dict[Path, tuple[Path, Path]] = {}
+        for r in runs:
+            for final in (r.classes_path, r.probabilities_path):
+                if final is not None:
+                    tmp = outputs.add(final)
+                    cog_tmps[final] = (tmp, outputs.scratch(tmp, ".scratch.tif"))
+
+        scratch_gpkg = outputs.scratch(vector_tmp, ".scratch.gpkg")
+        empty = PolygonCollector(
+            class_names=[c.name for c in config.classes], skip_classes=(), raster_height=1,
+            raster_width=1, transform=infos[0].affine, crs=infos[0].crs,
+        ).empty()
+        sink = LayerSink(scratch_gpkg, LAYER, infos[0].crs, empty)
+
+        grids = [TileGrid(i.height, i.width, tile_size, opts.overlap) for i in infos]
+        total_tiles = sum(len(g) for g in grids)
+        progress = _progress(total_tiles, opts.progress)
+
+        client = _client(opts)
+        try:
+            remote = bool(opts.scheduler)
+            predictor = None
+            if not remote:
+                from geovision.models.segmentation import SegmentationPredictor
+
+                predictor = SegmentationPredictor(config, state, device=opts.device, precision=opts.precision)
+            else:
+                raw = Path(opts.model).read_bytes()
+                digest = hashlib.sha256(raw).hexdigest()[:16]
+                [bundle_future] = client.scatter([raw], broadcast=True)
+            for run, grid in zip(runs, grids):
+                _segment_raster(run, grid, config, opts, client, predictor,
+                                (bundle_future, digest) if remote else None,
+                                cog_tmps, sink, progress, tile_size)
+        finally:
+            client.close()
+            if hasattr(client, "cluster") and client.cluster is not None and not opts.scheduler:
+                client.cluster.close()
+            progress.close()
+
+        if sum(r.tiles_processed for r in runs) == 0:
+            raise NodataOnlyError(
+                f"{', '.join(opts.rasters)}: every pixel is nodata, so there is nothing to predict. "
+                "Check the nodata value (gdalinfo) and the --bands chosen."
+            )
+        sink.close()
+        export(scratch_gpkg, LAYER, vector_tmp)
+        elapsed = time.perf_counter() - t0
+        summary = _summary(opts, config, runs, resolutions, sink, elapsed)
+        summary_tmp.write_text(json.dumps(summary, indent=2))
+        outputs.commit()
+    if opts.progress:
+        print(format_table(summary))
+    return PredictResult(
+        vector_path=Path(opts.out), summary_path=summary_path,
+        class_rasters=[r.classes_path for r in runs],
+        probability_rasters=[r.probabilities_path for r in runs if r.probabilities_path],
+        summary=summary,
+    )
+
+
+def _segment_raster(run: RasterRun, grid: TileGrid, config, opts: PredictOptions, client, predictor,
+                    remote, cog_tmps: dict, sink: LayerSink, progress, tile_size: int) -> None:
+    from geovision.stitching.vectorize import PolygonCollector
+
+    info = run.info
+    tiles = grid.tiles
+    run.tiles_total = len(tiles)
+    blocks = BlockGrid(info.height, info.width, BLOCK_SIZE)
+    accumulator = BlockAccumulator(blocks, tiles, len(config.classes), ramp=opts.overlap)
+    class_names = [c.name for c in config.classes]
+    classes_writer = BlockWriter(
+        cog_tmps[run.classes_path][1], info, count=1, dtype="uint8", nodata=CLASS_NODATA, descriptions=["class"],
+        colormap={i: hex_to_rgba(c.color) for i, c in enumerate(config.classes)},
+    )
+    probs_writer = None
+    if run.probabilities_path:
+        probs_writer = BlockWriter(
+            cog_tmps[run.probabilities_path][1], info, count=len(class_names), dtype="uint8", nodata=255,
+            descriptions=[f"p({n})" for n in class_names], scale=1 / 254,
+        )
+    skip = () if config.background_class is None else (config.background_class,)
+    collector = PolygonCollector(
+        class_names=class_names, skip_classes=skip, raster_height=info.height, raster_width=info.width,
+        transform=info.affine, crs=info.crs, nodata=CLASS_NODATA, simplify_m=opts.simplify,
+        min_area_m2=opts.min_area, source=Path(info.path).name,
+    )
+    stitcher = _Stitcher(accumulator, classes_writer, probs_writer, collector, sink)
+    stitcher.start()
+    prefetch = max(2, 2 * (opts.workers or 2))
+    try:
+        batches = batched(tiles, opts.batch_size)
+        if remote:
+            bundle_future, digest = remote
+            results = stream(client, _read_and_predict, batches, info, tile_size, bundle_future, digest,
+                             opts.device, opts.precision, prefetch=prefetch)
+            for batch, (done, skipped) in results:
+                items = [("add", t, p, v) for t, p, v in done] + [("skip", t, None, None) for t in skipped]
+                _account(run, progress, len(done), len(skipped), batch)
+                stitcher.put(items)
+        else:
+            for batch, (read, skipped) in stream(client, _read, batches, info, tile_size, prefetch=prefetch):
+                items: list = [("skip", t, None, None) for t in skipped]
+                if read:
+                    probs = predictor.predict(np.stack([t.data for t in read]), np.stack([t.valid for t in read]))
+                    items += [("add", t.tile, p, t.valid) for t, p in zip(read, probs)]
+                _account(run, progress, len(read), len(skipped), batch)
+                stitcher.put(items)
+    finally:
+        stitcher.inbox.put(None)
+        stitcher.join()
+        classes_writer.close()
+        if probs_writer is not None:
+            probs_writer.close()
+    if stitcher.error is not None:
+        raise stitcher.error
+    cog, scratch = cog_tmps[run.classes_path]
+    to_cog(scratch, cog, resampling="NEAREST")
+    if run.probabilities_path is not None:
+        cog, scratch = cog_tmps[run.probabilities_path]
+        to_cog(scratch, cog, resampling="AVERAGE")
+
+
+def _account(run: RasterRun, progress, processed: int, skipped: int, batch: Sequence[Tile]) -> None:
+    run.tiles_processed += processed
+    run.tiles_skipped += skipped
+    progress.update(len(batch), sum(t.window.height * t.window.width for t in batch))
+
+
+class _progress:
+    """tqdm bar over tiles with megapixels per second (silent when disabled)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="tile", desc="predict", disable=not enabled, dynamic_ncols=True)
+        self.t0 = time.perf_counter()
+        self.pixels = 0
+
+    def update(self, tiles: int, pixels: int) -> None:
+        self.pixels += pixels
+        self.bar.update(tiles)
+        dt = time.perf_counter() - self.t0
+        if dt > 0:
+            self.bar.set_postfix_str(f"{self.pixels / 1e6 / dt:.2f} MP/s", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _summary(opts: PredictOptions, config, runs: list[RasterRun], resolutions: list[float],
+             sink: LayerSink, elapsed: float) -> dict[str, Any]:
+    names = [c.name for c in config.classes]
+    skip = config.background_class
+    per_class = {}
+    for i, name in enumerate(names):
+        if i == skip:
+            continue
+        count, area = sink.tally.get(name, (0, 0.0))
+        per_class[name] = {"class_id": i, "count": int(count), "area_m2": round(area, 3),
+                           "area_ha": round(area / 10_000, 6)}
+    megapixels = sum(r.info.megapixels for r in runs)
+    return {
+        "geovision_version": _version(),
+        "model": {"path": opts.model, "arch": config.arch, "encoder": config.encoder,
+                  "classes": names},
+        "inputs": [
+            {"path": r.info.path, "width": r.info.width, "height": r.info.height,
+             "bands": list(r.info.bands), "crs": r.info.crs.to_string(),
+             "pixel_size_m": round(res, 6), "tiles": r.tiles_total,
+             "tiles_processed": r.tiles_processed, "tiles_skipped": r.tiles_skipped,
+             "classes_raster": str(r.classes_path),
+             "probabilities_raster": str(r.probabilities_path) if r.probabilities_path else None}
+            for r, res in zip(runs, resolutions)
+        ],
+        "outputs": {"vector": opts.out, "layer": LAYER},
+        "options": {"tile": opts.tile, "overlap": opts.overlap, "batch_size": opts.batch_size,
+                    "device": opts.device, "precision": opts.precision, "min_area_m2": opts.min_area,
+                    "simplify_m": opts.simplify, "scheduler": opts.scheduler},
+        "classes": per_class,
+        "features": sink.count,
+        "tiles_processed": sum(r.tiles_processed for r in runs),
+        "tiles_skipped": sum(r.tiles_skipped for r in runs),
+        "elapsed_s": round(elapsed, 3),
+        "megapixels": round(megapixels, 3),
+        "megapixels_per_second": round(megapixels / elapsed, 3) if elapsed > 0 else None,
+    }
+
+
+def _version() -> str:
+    from geovision import __version__
+
+    return __version__
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The short table printed at the end of a run."""
+    rows = [("class", "count", "area m²", "area ha")]
+    for name, c in summary["classes"].items():
+        rows.append((name, str(c["count"]), f"{c['area_m2']:.1f}", f"{c['area_ha']:.4f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(
+        f"{summary['tiles_processed']} tiles processed, {summary['tiles_skipped']} skipped (nodata), "
+        f"{summary['elapsed_s']:.1f} s, {summary['megapixels_per_second']} MP/s"
+    )
+    lines.append(f"wrote {summary['outputs']['vector']}")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Ground measures in planar and geodesic CRSs (geovision.io.geo)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyproj
+import pytest
+import rasterio.crs
+import shapely
+from affine import Affine
+
+from geovision.errors import NoCRSError
+from geovision.io.geo import area_method, ground_pixel_size_m, linear_unit_m, measure
+
+US_FOOT_M = 1200 / 3937  # US survey foot in metres (EPSG:2263 uses it)
+
+
+def reproject(geom: shapely.Geometry, src: str, dst: str) -> shapely.Geometry:
+    transformer = pyproj.Transformer.from_crs(src, dst, always_xy=True)
+    return shapely.transform(geom, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
+
+
+@pytest.mark.parametrize(
+    ("crs", "expected"),
+    [
+        ("EPSG:4326", "geodesic"),
+        ("EPSG:3857", "geodesic"),
+        ("EPSG:3395", "geodesic"),  # World Mercator
+        ("EPSG:32631", "planar"),  # UTM
+        ("EPSG:27700", "planar"),  # British National Grid (Transverse Mercator)
+        ("EPSG:2263", "planar"),  # New York Long Island, US feet (Lambert conic)
+        ("EPSG:32631+5773", "planar"),  # compound: UTM + EGM96 height
+    ],
+)
+def test_area_method(crs: str, expected: str) -> None:
+    assert area_method(crs) == expected
+
+
+def test_area_method_accepts_rasterio_pyproj_and_int() -> None:
+    assert area_method(rasterio.crs.CRS.from_epsg(3857)) == "geodesic"
+    assert area_method(pyproj.CRS.from_epsg(32631)) == "planar"
+    assert area_method(4326) == "geodesic"
+
+
+def test_no_crs_raises() -> None:
+    with pytest.raises(NoCRSError):
+        area_method(None)
+
+
+def test_planar_square_utm() -> None:
+    square = shapely.box(500_000, 5_500_000, 500_010, 5_500_010)
+    area, perimeter = measure([square], "EPSG:32631")
+    assert area.dtype == np.float64 and perimeter.dtype == np.float64
+    np.testing.assert_allclose(area, [100.0])
+    np.testing.assert_allclose(perimeter, [40.0])
+
+
+def test_planar_square_in_us_feet() -> None:
+    assert linear_unit_m("EPSG:2263") == pytest.approx(US_FOOT_M)
+    square = shapely.box(1_000_000, 200_000, 1_000_100, 200_100)  # 100 ft x 100 ft
+    area, perimeter = measure([square], "EPSG:2263")
+    np.testing.assert_allclose(area, [(100 * US_FOOT_M) ** 2])
+    np.testing.assert_allclose(perimeter, [400 * US_FOOT_M])
+
+
+@pytest.mark.parametrize("target", ["EPSG:4326", "EPSG:3857"])
+def test_geodesic_matches_utm_within_half_percent(target: str) -> None:
+    # A ~100 m square in Paris, off UTM 31N's central meridian.
+    square = shapely.box(448_000, 5_411_000, 448_100, 5_411_100)
+    holed = square.difference(shapely.box(448_020, 5_411_020, 448_040, 5_411_040))
+    utm_area, utm_perimeter = measure([square, holed], "EPSG:32631")
+
+    moved = [reproject(g, "EPSG:32631", target) for g in (square, holed)]
+    area, perimeter = measure(moved, target)
+
+    np.testing.assert_allclose(area, utm_area, rtol=5e-3)
+    np.testing.assert_allclose(perimeter, utm_perimeter, rtol=5e-3)
+    if target == "EPSG:3857":  # the plain Web Mercator area would be ~2.2x too big at 49°N
+        assert shapely.area(moved[0]) > 2 * utm_area[0]
+
+
+def test_geodesic_ignores_ring_orientation_and_sums_multipolygons() -> None:
+    square = reproject(shapely.box(448_000, 5_411_000, 448_100, 5_411_100), "EPSG:32631", "EPSG:4326")
+    clockwise = shapely.Polygon(list(square.exterior.coords)[::-1])
+    other = reproject(shapely.box(449_000, 5_411_000, 449_100, 5_411_100), "EPSG:32631", "EPSG:4326")
+    area, perimeter = measure([square, clockwise, shapely.MultiPolygon([square, other])], "EPSG:4326")
+    assert area[0] == pytest.approx(area[1])
+    assert area[2] == pytest.approx(2 * area[0], rel=1e-3)
+    assert perimeter[2] == pytest.approx(2 * perimeter[0], rel=1e-3)
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32631", "EPSG:4326"])
+def test_none_and_empty_measure_zero(crs: str) -> None:
+    area, perimeter = measure(np.array([None, shapely.Polygon()], dtype=object), crs)
+    np.testing.assert_array_equal(area, [0.0, 0.0])
+    np.testing.assert_array_equal(perimeter, [0.0, 0.0])
+    area, perimeter = measure([], crs)
+    assert area.shape == (0,) and perimeter.shape == (0,)
+
+
+def test_ground_pixel_size_planar() -> None:
+    assert ground_pixel_size_m(Affine(0.5, 0, 500_000, 0, -0.5, 5_500_000), "EPSG:32631", 100, 100) == (0.5, 0.5)
+    x_m, y_m = ground_pixel_size_m(Affine(2, 0, 1_000_000, 0, -3, 200_000), "EPSG:2263", 10, 10)
+    assert x_m == pytest.approx(2 * US_FOOT_M) and y_m == pytest.approx(3 * US_FOOT_M)
+
+
+def test_ground_pixel_size_web_mercator_shrinks_with_latitude() -> None:
+    _, y_centre = pyproj.Transformer.from_crs(4326, 3857, always_xy=True).transform(2.0, 60.0)
+    height = width = 100
+    transform = Affine(10, 0, 222_000, 0, -10, y_centre + 10 * height / 2)  # centre at 60°N
+    x_m, y_m = ground_pixel_size_m(transform, "EPSG:3857", height, width)
+    assert x_m == pytest.approx(10 * np.cos(np.radians(60)), rel=5e-3)
+    assert y_m == pytest.approx(10 * np.cos(np.radians(60)), rel=5e-3)
+
+
+def test_ground_pixel_size_geographic() -> None:
+    # 1e-5° pixels centred on the equator: ~1.113 m along the equator, ~1.106 m along the meridian.
+    x_m, y_m = ground_pixel_size_m(Affine(1e-5, 0, 10.0, 0, -1e-5, 0.0005), "EPSG:4326", 100, 100)
+    assert x_m == pytest.approx(1.1132, rel=1e-3)
+    assert y_m == pytest.approx(1.1057, rel=1e-3)

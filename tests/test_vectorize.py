@@ -1,0 +1,296 @@
+"""Block-wise vectorisation with seam merging (geovision.stitching.vectorize)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+from affine import Affine
+from scipy import ndimage
+
+from geovision.errors import ConfigError, GeovisionWarning
+from geovision.stitching.vectorize import COLUMNS, PolygonCollector
+from geovision.types import Window
+
+PIXEL_M = 0.5
+UTM = Affine(PIXEL_M, 0, 448_000, 0, -PIXEL_M, 5_411_000)  # 0.5 m pixels in UTM 31N
+PIXEL_AREA = PIXEL_M**2
+NAMES = ("background", "building", "tree", "water")
+
+
+def make_collector(classes: np.ndarray, **options: Any) -> PolygonCollector:
+    kwargs: dict[str, Any] = dict(
+        class_names=NAMES,
+        skip_classes={0},
+        raster_height=classes.shape[0],
+        raster_width=classes.shape[1],
+        transform=UTM,
+        crs="EPSG:32631",
+        source="test.tif",
+    )
+    kwargs.update(options)
+    return PolygonCollector(**kwargs)
+
+
+def random_probabilities(classes: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``(len(NAMES), h, w)`` float32 probabilities."""
+    rng = np.random.default_rng(seed)
+    return rng.random((len(NAMES), *classes.shape)).astype(np.float32)
+
+
+def block_windows(height: int, width: int, block: int) -> list[Window]:
+    return [
+        Window(r, c, min(block, height - r), min(block, width - c))
+        for r in range(0, height, block)
+        for c in range(0, width, block)
+    ]
+
+
+def vectorize(
+    classes: np.ndarray, probabilities: np.ndarray, block: int, seed: int | None = 0, **options: Any
+) -> gpd.GeoDataFrame:
+    """Feed the raster block by block (shuffled when ``seed`` is given) and collect every polygon."""
+    collector = make_collector(classes, **options)
+    windows = block_windows(*classes.shape, block)
+    if seed is not None:
+        np.random.default_rng(seed).shuffle(windows)
+    parts = [collector.add_block(w, classes[w.slices], probabilities[(slice(None), *w.slices)]) for w in windows]
+    parts.append(collector.finish())
+    return gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=parts[0].crs)
+
+
+def blob_raster(height: int, width: int, seed: int) -> np.ndarray:
+    """Smooth random blobs of classes 0..3 with a few nodata (255) patches."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.random((height, width)), 2.5)
+    edges = np.quantile(field, [0.4, 0.6, 0.8])
+    classes = np.digitize(field, edges).astype(np.uint8)
+    holes = ndimage.gaussian_filter(rng.random((height, width)), 2.0)
+    classes[holes > np.quantile(holes, 0.95)] = 255
+    return classes
+
+
+def sort_features(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    centroids = gdf.geometry.centroid
+    order = np.lexsort((centroids.y.round(6), centroids.x.round(6), gdf.area_m2.round(6), gdf.class_id))
+    return gdf.iloc[order].reset_index(drop=True)
+
+
+# --- seam merging -------------------------------------------------------------------
+
+
+def test_object_across_four_blocks_is_one_polygon() -> None:
+    classes = np.zeros((20, 20), np.uint8)
+    classes[3:17, 5:15] = 1  # crosses the seams at row 10 and column 10
+    classes[8:12, 8:12] = 2  # a different class inside it, also on the seams: a hole in the building
+    probabilities = random_probabilities(classes)
+
+    result = vectorize(classes, probabilities, block=10, seed=3)
+
+    building = result[result.class_id == 1]
+    assert len(building) == 1
+    row = building.iloc[0]
+    assert row.class_name == "building" and row.source == "test.tif"
+    n_pixels = int((classes == 1).sum())
+    assert row.area_m2 == pytest.approx(n_pixels * PIXEL_AREA)
+    assert row.mean_probability == pytest.approx(float(probabilities[1][classes == 1].mean()), rel=1e-6)
+    assert row.geometry.geom_type == "Polygon" and len(row.geometry.interiors) == 1
+    assert len(result[result.class_id == 2]) == 1
+
+
+def test_blocks_match_single_block() -> None:
+    classes = blob_raster(70, 90, seed=1)
+    probabilities = random_probabilities(classes, seed=1)
+
+    whole = sort_features(vectorize(classes, probabilities, block=1000, seed=None))
+    blocked = sort_features(vectorize(classes, probabilities, block=16, seed=7))
+
+    assert len(whole) > 20  # the raster really has many objects
+    assert len(blocked) == len(whole)
+    np.testing.assert_array_equal(blocked.class_id, whole.class_id)
+    np.testing.assert_allclose(blocked.area_m2, whole.area_m2)
+    np.testing.assert_allclose(blocked.perimeter_m, whole.perimeter_m)
+    np.testing.assert_allclose(blocked.mean_probability, whole.mean_probability, rtol=1e-9)
+    assert shapely.equals(blocked.geometry.values, whole.geometry.values).all()
+    assert shapely.is_valid(blocked.geometry.values).all()
+    assert set(blocked.geometry.geom_type) == {"Polygon"}
+    for class_id in (1, 2, 3):  # every pixel of every class is accounted for
+        total = blocked.area_m2[blocked.class_id == class_id].sum()
+        assert total == pytest.approx((classes == class_id).sum() * PIXEL_AREA)
+
+
+def test_corner_touch_stays_two_polygons() -> None:
+    classes = np.zeros((10, 10), np.uint8)
+    classes[3:5, 3:5] = 1  # ends at the 4-block corner (5, 5)...
+    classes[5:7, 5:7] = 1  # ...where this one starts: corner contact only
+    classes[4, 1] = 1  # pending piece in the top-left block (touches the row seam)...
+    classes[5, 0] = 1  # ...diagonal neighbour across the row seam
+    probabilities = random_probabilities(classes)
+
+    result = vectorize(classes, probabilities, block=5)
+
+    assert len(result) == 4
+    np.testing.assert_allclose(sorted(result.area_m2 / PIXEL_AREA), [1, 1, 4, 4])
+
+
+def test_ring_across_seams_keeps_its_hole() -> None:
+    classes = np.zeros((24, 24), np.uint8)
+    classes[4:20, 4:20] = 3
+    classes[9:15, 9:15] = 0  # hole centred on the corner of four 12 px blocks
+    probabilities = random_probabilities(classes)
+
+    result = vectorize(classes, probabilities, block=12, seed=5)
+
+    assert len(result) == 1
+    ring = result.geometry.iloc[0]
+    assert ring.is_valid and len(ring.interiors) == 1
+    assert result.area_m2.iloc[0] == pytest.approx((16 * 16 - 6 * 6) * PIXEL_AREA)
+    assert result.perimeter_m.iloc[0] == pytest.approx((4 * 16 + 4 * 6) * PIXEL_M)
+
+
+def test_u_shape_joined_only_through_another_block() -> None:
+    # Two arms in the top blocks are one object only through the bottom-left block.
+    classes = np.zeros((16, 16), np.uint8)
+    classes[0:12, 2:4] = 1
+    classes[0:12, 10:12] = 1
+    classes[10:12, 2:12] = 1
+    probabilities = random_probabilities(classes)
+
+    result = vectorize(classes, probabilities, block=8, seed=2)
+
+    assert len(result) == 1
+    assert result.area_m2.iloc[0] == pytest.approx((classes == 1).sum() * PIXEL_AREA)
+
+
+def test_object_on_raster_edge_is_final_at_once() -> None:
+    classes = np.zeros((10, 10), np.uint8)
+    classes[0:3, 0:3] = 1  # touches only the raster's edges, not the seams
+    classes[3:7, 3:7] = 2  # crosses the seams
+    probabilities = random_probabilities(classes)
+    collector = make_collector(classes)
+
+    first = collector.add_block(Window(0, 0, 5, 5), classes[:5, :5], probabilities[:, :5, :5])
+    assert list(first.class_id) == [1]
+    for w in block_windows(10, 10, 5)[1:]:
+        assert len(collector.add_block(w, classes[w.slices], probabilities[(slice(None), *w.slices)])) == 0
+    merged = collector.finish()
+    assert list(merged.class_id) == [2]
+    assert len(collector.finish()) == 0  # the collector is empty afterwards
+    assert merged.area_m2.iloc[0] == pytest.approx(16 * PIXEL_AREA)
+
+
+# --- classes, filters, output -------------------------------------------------------
+
+
+def test_nodata_gives_no_polygon() -> None:
+    classes = np.full((10, 10), 255, np.uint8)
+    classes[2:4, 2:4] = 1
+    result = vectorize(classes, random_probabilities(classes), block=5, skip_classes=set())
+    assert list(result.class_id) == [1]
+
+
+def test_skip_classes() -> None:
+    classes = np.zeros((10, 10), np.uint8)
+    classes[2:8, 2:8] = 1
+    probabilities = random_probabilities(classes)
+
+    skipped = vectorize(classes, probabilities, block=5)
+    kept = vectorize(classes, probabilities, block=5, skip_classes=set())
+    skip_both = vectorize(classes, probabilities, block=5, skip_classes={0, 1})
+
+    assert list(skipped.class_id) == [1]
+    assert sorted(kept.class_id) == [0, 1]
+    assert len(kept[kept.class_id == 0].iloc[0].geometry.interiors) == 1
+    assert len(skip_both) == 0
+
+
+def test_min_area() -> None:
+    classes = np.zeros((20, 20), np.uint8)
+    classes[1:3, 1:3] = 1  # 1 m²
+    classes[8:14, 8:14] = 1  # 9 m², across seams
+    result = vectorize(classes, random_probabilities(classes), block=10, min_area_m2=2.0)
+    assert list(result.area_m2) == [pytest.approx(9.0)]
+
+
+def test_simplify_reduces_vertices() -> None:
+    rows, cols = np.mgrid[0:64, 0:64]
+    classes = (((rows - 31.5) ** 2 + (cols - 31.5) ** 2) < 25**2).astype(np.uint8)  # a pixelated disc
+    probabilities = random_probabilities(classes)
+
+    raw = vectorize(classes, probabilities, block=20)
+    simple = vectorize(classes, probabilities, block=20, simplify_m=1.0)
+
+    assert len(raw) == len(simple) == 1
+    raw_vertices = shapely.get_num_coordinates(raw.geometry.values)[0]
+    simple_vertices = shapely.get_num_coordinates(simple.geometry.values)[0]
+    assert simple_vertices < raw_vertices / 3
+    assert simple.geometry.iloc[0].is_valid
+    assert simple.area_m2.iloc[0] == pytest.approx(np.pi * (25 * PIXEL_M) ** 2, rel=0.03)
+    assert simple.mean_probability.iloc[0] == pytest.approx(raw.mean_probability.iloc[0])
+
+
+def test_output_schema_and_empty_result() -> None:
+    classes = np.zeros((10, 10), np.uint8)
+    collector = make_collector(classes)
+    empty = collector.add_block(Window(0, 0, 10, 10), classes, random_probabilities(classes))
+    assert tuple(empty.columns) == COLUMNS
+    assert len(empty) == 0 and empty.crs == "EPSG:32631"
+    assert empty.class_id.dtype == np.int64 and empty.area_m2.dtype == np.float64
+    finished = collector.finish()
+    assert tuple(finished.columns) == COLUMNS and len(finished) == 0
+
+    classes[2:5, 2:5] = 2
+    full = vectorize(classes, random_probabilities(classes), block=5)
+    assert tuple(full.columns) == COLUMNS
+    assert full.crs == "EPSG:32631"
+    assert full.class_id.dtype == np.int64 and full.mean_probability.dtype == np.float64
+    # Map coordinates: pixel (col 2, row 2) is 1 m east and 1 m south of the raster's corner.
+    assert full.geometry.iloc[0].bounds == pytest.approx((448_001.0, 5_410_997.5, 448_002.5, 5_410_999.0))
+
+
+def test_geographic_crs_measures_geodesically() -> None:
+    classes = np.zeros((20, 20), np.uint8)
+    classes[5:15, 5:15] = 1
+    degrees = Affine(1e-5, 0, 2.35, 0, -1e-5, 48.85)  # ~0.73 m x 1.11 m pixels in Paris
+    result = vectorize(classes, random_probabilities(classes), block=10, transform=degrees, crs="EPSG:4326")
+    assert len(result) == 1
+    expected = 100 * (1e-5 * 111_320 * np.cos(np.radians(48.85))) * (1e-5 * 111_200)
+    assert result.area_m2.iloc[0] == pytest.approx(expected, rel=5e-3)
+
+
+# --- errors -------------------------------------------------------------------------
+
+
+def test_bad_blocks_raise() -> None:
+    classes = np.zeros((10, 10), np.uint8)
+    probabilities = random_probabilities(classes)
+    collector = make_collector(classes)
+    with pytest.raises(ValueError, match="leaves"):
+        collector.add_block(Window(5, 5, 10, 10), classes, probabilities)
+    with pytest.raises(ValueError, match="classes has shape"):
+        collector.add_block(Window(0, 0, 5, 5), classes, probabilities)
+    with pytest.raises(ValueError, match="probabilities has shape"):
+        collector.add_block(Window(0, 0, 10, 10), classes, probabilities[:2])
+    classes[0, 0] = 7
+    with pytest.raises(ValueError, match="Class id 7 has no name"):
+        collector.add_block(Window(0, 0, 10, 10), classes, probabilities)
+
+
+def test_bad_options_raise() -> None:
+    classes = np.zeros((10, 10), np.uint8)
+    with pytest.raises(ConfigError, match="min_area_m2"):
+        make_collector(classes, min_area_m2=-1.0)
+    with pytest.raises(ConfigError, match="simplify_m"):
+        make_collector(classes, simplify_m=-1.0)
+
+
+def test_missing_blocks_warn() -> None:
+    classes = np.zeros((10, 10), np.uint8)
+    collector = make_collector(classes)
+    collector.add_block(Window(0, 0, 5, 5), classes[:5, :5], random_probabilities(classes)[:, :5, :5])
+    with pytest.warns(GeovisionWarning, match="Feed every block exactly once"):
+        collector.finish()
