@@ -97,7 +97,7 @@ def model() -> None:
 @model.command("init")
 @click.option("--task", type=click.Choice(["segmentation", "detection"]), default="segmentation", show_default=True)
 @click.option("--arch", default="unet", show_default=True, help="Architecture (any segmentation-models-pytorch name, or 'shallow').")
-@click.option("--encoder", default="resnet18", show_default=True, help="Encoder name.")
+@click.option("--encoder", default=None, help="Encoder name (default resnet18; 'none' for shallow).")
 @click.option("--bands", required=True, help="Number of input bands, or the 1-based band list, e.g. 3 or 4,3,2.")
 @click.option("--band-names", callback=_str_list, default=None, help="Names of the bands, e.g. red,green,blue.")
 @click.option("--classes", callback=_str_list, required=True, help="Class names, e.g. background,building.")
@@ -107,7 +107,7 @@ def model() -> None:
 @click.option("--out", "-o", required=True, help="Bundle to write (.safetensors).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 @_friendly_errors
-def model_init(task: str, arch: str, encoder: str, bands: str, band_names: list[str] | None,
+def model_init(task: str, arch: str, encoder: str | None, bands: str, band_names: list[str] | None,
                classes: list[str], tile: int, resolution: float | None, encoder_weights: str | None,
                out: str, overwrite: bool) -> None:
     """Create an untrained bundle (to train from, or to benchmark)."""

@@ -135,7 +135,9 @@ def test_read_config_does_not_import_torch(
 
 def test_init_bundle_unet_rgb(tmp_path: Path) -> None:
     path = tmp_path / "unet.safetensors"
-    config = init_bundle(path, arch="unet", encoder="resnet18", bands=3, classes=["background", "building"], tile_size=64)
+    config = init_bundle(
+        path, arch="unet", encoder="resnet18", bands=3, classes=["background", "building"], tile_size=64
+    )
     assert config.in_channels == 3 and config.bands == [1, 2, 3]
     assert config.band_names == ["red", "green", "blue"]
     assert config.normalization.method == "meanstd"

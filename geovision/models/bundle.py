@@ -363,7 +363,8 @@ def _parse_header(path: Path, metadata: Mapping[str, str] | None, shapes: Mappin
     if config_version != version:
         raise BundleVersionError(
             f"{path}: the config says format_version {config_version!r} but the header says {version}; "
-            f"this geovision ({__version__}) reads format version(s) {supported}. Upgrade geovision or re-export the bundle."
+            f"this geovision ({__version__}) reads format version(s) {supported}. "
+            "Upgrade geovision or re-export the bundle."
         )
     try:
         return BundleConfig.model_validate(raw)
@@ -480,7 +481,9 @@ def save_bundle(
             f"format {FORMAT_VERSION}. Use config.model_copy(update={{'format_version': {FORMAT_VERSION}}})."
         )
     if path.is_dir():
-        raise BundleError(f"cannot write bundle {path}: it is a folder; give a file name such as {path / 'model.safetensors'}")
+        raise BundleError(
+            f"cannot write bundle {path}: it is a folder; give a file name such as {path / 'model.safetensors'}"
+        )
     if not path.parent.is_dir():
         raise BundleError(f"cannot write bundle {path}: the folder {path.parent} does not exist; create it first")
 

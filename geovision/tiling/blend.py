@@ -24,7 +24,9 @@ def taper_weights(height: int, width: int, ramp: int) -> np.ndarray:
     ``ramp = 0`` gives uniform weights.
     """
     if ramp <= 0:
-        return np.ones((height, width), dtype=np.float32)
+        ones = np.ones((height, width), dtype=np.float32)
+        ones.setflags(write=False)
+        return ones
 
     def axis(n: int) -> np.ndarray:
         i = np.arange(n, dtype=np.float32)

@@ -29,6 +29,10 @@ def axis_starts(size: int, tile: int, overlap: int) -> list[int]:
     """
     if size <= 0:
         raise ValueError(f"axis size must be positive, got {size}")
+    if tile <= 0:
+        raise ValueError(f"tile size must be positive, got {tile}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be >= 0 and smaller than the tile size ({tile}), got {overlap}")
     if size <= tile:
         return [0]
     stride = tile - overlap
@@ -106,6 +110,8 @@ class BlockGrid:
     block_size: int
 
     def __post_init__(self) -> None:
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"raster size must be positive, got height={self.height}, width={self.width}")
         if self.block_size <= 0:
             raise ValueError(f"block_size must be positive, got {self.block_size}")
 

@@ -18,7 +18,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from geovision.errors import BandMismatchError, NoCRSError, RasterReadError
-from geovision.types import Tile, Window
+from geovision.types import Tile
 
 #: GDAL block cache per reading process, in megabytes.
 GDAL_CACHE_MB = int(os.environ.get("GEOVISION_GDAL_CACHEMAX", "64"))
@@ -175,12 +175,12 @@ def read_tiles(info: RasterInfo, tiles: Sequence[Tile], tile_size: int) -> tuple
                     data, valid = padded, pvalid
                 read.append(TileData(tile, data, valid))
     except RasterioError as exc:
-        raise RasterReadError(
-            f"{info.path}: reading pixels failed near window {tiles[0].window} ({exc}). The file may be "
-            "truncated or corrupt: re-export or re-download it."
-        ) from exc
-    return read, skipped
-
-
-def window_from_rasterio(w) -> Window:
-    return Window(int(w.row_off), int(w.col_off), int(w.height), int(w.width))
+        problem = str(exc.__cause__ or exc)
+    else:
+        return read, skipped
+    # Raised outside the except block on purpose: Dask pickles an error with its context, and
+    # rasterio's CPLE errors cannot be unpickled, which would turn ours into a bare Exception.
+    raise RasterReadError(
+        f"{info.path}: reading pixels failed near window {tiles[0].window} ({problem}). The file may be "
+        "truncated or corrupt: re-export or re-download it."
+    )

@@ -151,24 +151,29 @@ class _Stitcher(threading.Thread):
         self.accumulator, self.classes, self.probs = accumulator, classes, probs
         self.collector, self.sink = collector, sink
         self.error: BaseException | None = None
+        #: set by the producer when it failed: skip the final merge, just drain
+        self.aborted = False
 
     def run(self) -> None:
-        try:
-            while True:
-                item = self.inbox.get()
-                if item is None:
-                    break
+        while True:
+            item = self.inbox.get()
+            if item is None:
+                break
+            if self.error is not None:
+                continue  # keep draining so the producer never blocks
+            try:
                 for kind, tile, p, v in item:
                     done = self.accumulator.add(tile, p, v) if kind == "add" else self.accumulator.skip(tile)
                     for block in done:
                         self._write(block)
-            self.accumulator.check_complete()
-            self.sink.append(self.collector.finish())
-        except BaseException as exc:  # handed to the main thread
-            self.error = exc
-            while True:  # drain so the producer never blocks forever
-                if self.inbox.get() is None:
-                    break
+            except BaseException as exc:  # handed to the main thread
+                self.error = exc
+        if self.error is None and not self.aborted:
+            try:
+                self.accumulator.check_complete()
+                self.sink.append(self.collector.finish())
+            except BaseException as exc:
+                self.error = exc
 
     def _write(self, block: FinishedBlock) -> None:
         self.classes.write(block.window, block.classes)
@@ -199,7 +204,7 @@ def _client(options: PredictOptions):
     workers = options.workers or max(2, min(4, os.cpu_count() or 2))
     cluster = LocalCluster(
         n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=None,
-        silence_logs=logging.ERROR,
+        silence_logs=logging.CRITICAL,
     )
     return Client(cluster)
 
@@ -389,6 +394,9 @@ def _segment_raster(run: RasterRun, grid: TileGrid, config, opts: PredictOptions
                     items += [("add", t.tile, p, t.valid) for t, p in zip(read, probs)]
                 _account(run, progress, len(read), len(skipped), batch)
                 stitcher.put(items)
+    except BaseException:
+        stitcher.aborted = True
+        raise
     finally:
         stitcher.inbox.put(None)
         stitcher.join()

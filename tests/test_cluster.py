@@ -1,0 +1,38 @@
+"""A real distributed.LocalCluster of worker processes gives the same result as the local run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import scene, write_raster
+from geovision.workflows.predict import predict
+from models_util import bright_object_bundle
+
+
+@pytest.mark.slow
+def test_local_cluster_equals_local_run(tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    bundle = bright_object_bundle(tmp_path / "m.safetensors")
+    img, _ = scene(700, 650, seed=11, n_objects=20)
+    img[:, :300, :300] = 0  # covers whole tiles, which are skipped
+    raster = write_raster(tmp_path / "scene.tif", img, nodata=0)
+    local = predict(raster, bundle, tmp_path / "local.gpkg", tile=256, overlap=64, probabilities=True,
+                    progress=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        remote = predict(raster, bundle, tmp_path / "cluster.gpkg", tile=256, overlap=64, probabilities=True,
+                         scheduler=cluster.scheduler_address, progress=False)
+    for a, b in ((local.class_rasters[0], remote.class_rasters[0]),
+                 (local.probability_rasters[0], remote.probability_rasters[0])):
+        with rasterio.open(a) as da, rasterio.open(b) as db:
+            assert np.array_equal(da.read(), db.read())
+    fa, fb = gpd.read_file(local.vector_path), gpd.read_file(remote.vector_path)
+    assert len(fa) == len(fb) > 5
+    assert fa.geometry.normalize().equals(fb.geometry.normalize())
+    assert local.summary["tiles_skipped"] == remote.summary["tiles_skipped"] > 0
+    assert local.summary["classes"] == remote.summary["classes"]
