@@ -89,6 +89,18 @@ def predict(rasters: tuple[str, ...], quiet: bool, **kwargs: Any) -> None:
     run(list(rasters), progress=not quiet, **kwargs)
 
 
+@main.command()
+@click.option("--out", "-o", default="geovision-demo", show_default=True, help="Folder for the sample and results.")
+@click.option("--size", type=int, default=2048, show_default=True, help="Sample scene edge in pixels (0.3 m each).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def demo(out: str, size: int, quiet: bool) -> None:
+    """Generate the built-in sample scene and segment its buildings with the shipped model."""
+    from geovision.workflows.demo import run_demo
+
+    run_demo(out, size=size, progress=not quiet)
+
+
 @main.group()
 def model() -> None:
     """Create and inspect model bundles."""

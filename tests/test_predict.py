@@ -185,3 +185,11 @@ def test_several_rasters_one_layer(tmp_path: Path, bundle: Path) -> None:
     assert [p.name for p in result.class_rasters] == ["both.one.classes.tif", "both.two.classes.tif"]
     assert len(result.summary["inputs"]) == 2
     assert pyogrio.list_layers(result.vector_path)[0][0] == "predictions"
+
+
+def test_top_level_api(tmp_path: Path, bundle: Path) -> None:
+    import geovision
+
+    raster = write_raster(tmp_path / "api.tif", scene(200, 200, seed=12)[0])
+    result = geovision.predict(raster, bundle, tmp_path / "api.fgb", progress=False)
+    assert result.vector_path.exists() and result.summary["features"] == len(gpd.read_file(result.vector_path))

@@ -1,0 +1,152 @@
+"""End-to-end segmentation throughput and memory against pure model time.
+
+Prints one JSON line::
+
+    {"size": N, "tiles": ..., "end_to_end_s": ..., "model_only_s": ..., "efficiency": ...,
+     "peak_rss_mb": ..., "megapixels_per_second": ..., ...}
+
+``end_to_end_s`` is ``geovision.predict`` (read, infer, stitch, COG, vectors, summary).
+``model_only_s`` is the sum of pure ``SegmentationPredictor.predict`` calls (normalise,
+forward, softmax) over exactly the same tiles and batches, with reading untimed.
+``efficiency = model_only_s / end_to_end_s``. ``peak_rss_mb`` is the process's peak
+resident memory after the end-to-end run (the synthetic raster is written in strips
+beforehand, so it never sits in memory).
+
+Run on a synthetic 3-band uint8 raster with an untrained U-Net-ResNet18::
+
+    python benchmarks/predict_throughput.py --size 4096
+
+or on a real raster and bundle::
+
+    python benchmarks/predict_throughput.py --raster R.tif --bundle B.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import rasterio  # noqa: E402
+from affine import Affine  # noqa: E402
+
+
+def write_synthetic(path: Path, size: int, seed: int = 0) -> Path:
+    """A ``size`` x ``size`` 3-band uint8 UTM raster with smooth blobs, written in 512-row strips."""
+    rng = np.random.default_rng(seed)
+    profile = dict(driver="GTiff", height=size, width=size, count=3, dtype="uint8", crs="EPSG:32631",
+                   transform=Affine(0.3, 0, 500_000, 0, -0.3, 5_650_000), tiled=True, blockxsize=512,
+                   blockysize=512, compress="deflate")
+    cols = np.arange(size, dtype=np.float32)
+    freqs = rng.uniform(0.002, 0.02, size=(3, 2)).astype(np.float32)
+    with rasterio.open(path, "w", **profile) as ds:
+        for r0 in range(0, size, 512):
+            rows = np.arange(r0, min(size, r0 + 512), dtype=np.float32)[:, None]
+            strip = np.empty((3, len(rows), size), dtype=np.uint8)
+            for b in range(3):
+                wave = np.sin(rows * freqs[b, 0]) * np.cos(cols * freqs[b, 1])
+                noise = rng.normal(0, 12, size=(len(rows), size))
+                strip[b] = np.clip(120 + 70 * wave + noise, 1, 255)
+            ds.write(strip, window=rasterio.windows.Window(0, r0, size, len(rows)))
+    return path
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def model_only(raster: Path, bundle: Path, tile: int, overlap: int, batch_size: int, precision: str,
+               bands: list[int] | None) -> tuple[float, int]:
+    """Seconds of pure predictor calls over the same tiles and batches as predict."""
+    from geovision.models.segmentation import SegmentationPredictor
+    from geovision.tiling.grid import TileGrid
+    from geovision.tiling.reader import open_raster, read_tiles
+    from geovision.tiling.stream import batched
+
+    predictor = SegmentationPredictor.from_bundle(bundle, precision=precision)
+    info = open_raster(str(raster), bands, predictor.config.in_channels)
+    grid = TileGrid(info.height, info.width, tile, overlap)
+    total, tiles = 0.0, 0
+    # one warm-up batch, as predict's first batch also pays oneDNN's warm-up
+    for batch in batched(grid.tiles, batch_size):
+        read, _ = read_tiles(info, batch, tile)
+        if not read:
+            continue
+        data, valid = np.stack([t.data for t in read]), np.stack([t.valid for t in read])
+        t0 = time.perf_counter()
+        predictor.predict(data, valid)
+        total += time.perf_counter() - t0
+        tiles += len(read)
+    return total, tiles
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=2048, help="synthetic raster edge in pixels")
+    parser.add_argument("--raster", type=Path, help="use this raster instead of a synthetic one")
+    parser.add_argument("--bundle", type=Path, help="use this bundle instead of an untrained U-Net-ResNet18")
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--bands", default=None, help="e.g. 1,2,3")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from geovision.models.bundle import init_bundle
+    from geovision.workflows.predict import predict
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="gv-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    raster = args.raster or write_synthetic(work / f"synthetic_{args.size}.tif", args.size)
+    bundle = args.bundle
+    if bundle is None:
+        torch.manual_seed(0)
+        bundle = work / "unet_resnet18.safetensors"
+        init_bundle(bundle, arch="unet", encoder="resnet18", bands=3, classes=["background", "object"],
+                    tile_size=args.tile)
+    bands = [int(b) for b in args.bands.split(",")] if args.bands else None
+    rss_before = peak_rss_mb()
+    t0 = time.perf_counter()
+    result = predict(raster, bundle, work / "bench.gpkg", tile=args.tile, overlap=args.overlap,
+                     batch_size=args.batch_size, precision=args.precision, bands=bands, overwrite=True,
+                     progress=sys.stderr.isatty())
+    end_to_end = time.perf_counter() - t0
+    rss = peak_rss_mb()
+    model_s, tiles = model_only(raster, bundle, args.tile, args.overlap, args.batch_size, args.precision, bands)
+    with rasterio.open(raster) as ds:
+        height, width = ds.height, ds.width
+    record = {
+        "raster": str(args.raster) if args.raster else f"synthetic {args.size}x{args.size} 3-band uint8",
+        "size": [height, width],
+        "tiles": result.summary["tiles_processed"],
+        "tiles_model_only": tiles,
+        "features": result.summary["features"],
+        "end_to_end_s": round(end_to_end, 2),
+        "model_only_s": round(model_s, 2),
+        "efficiency": round(model_s / end_to_end, 3),
+        "peak_rss_mb": round(rss, 1),
+        "rss_before_predict_mb": round(rss_before, 1),
+        "megapixels_per_second": round(height * width / 1e6 / end_to_end, 3),
+        "tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size,
+        "precision": args.precision, "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    }
+    print(json.dumps(record))
+    return record
+
+
+if __name__ == "__main__":
+    main()
