@@ -175,12 +175,160 @@ def test_object_on_raster_edge_is_final_at_once() -> None:
 
     first = collector.add_block(Window(0, 0, 5, 5), classes[:5, :5], probabilities[:, :5, :5])
     assert list(first.class_id) == [1]
-    for w in block_windows(10, 10, 5)[1:]:
+    *middle, last = block_windows(10, 10, 5)[1:]
+    for w in middle:
         assert len(collector.add_block(w, classes[w.slices], probabilities[(slice(None), *w.slices)])) == 0
-    merged = collector.finish()
-    assert list(merged.class_id) == [2]
-    assert len(collector.finish()) == 0  # the collector is empty afterwards
+    assert collector.pending_pieces == 3
+    merged = collector.add_block(last, classes[last.slices], probabilities[(slice(None), *last.slices)])
+    assert list(merged.class_id) == [2]  # complete with its last block, merged
     assert merged.area_m2.iloc[0] == pytest.approx(16 * PIXEL_AREA)
+    assert collector.pending_pieces == 0
+    assert len(collector.finish()) == 0  # nothing left once every block arrived
+
+
+def test_object_is_returned_with_its_last_block() -> None:
+    # A spiral arm of width 2 leaves blocks and comes back into them many times.
+    classes = np.zeros((64, 64), np.uint8)
+    top, left, bottom, right = 2, 2, 62, 62
+    while bottom - top >= 4 and right - left >= 4:
+        classes[top : top + 2, left:right] = 1
+        classes[top:bottom, right - 2 : right] = 1
+        classes[bottom - 2 : bottom, left + 4 : right] = 1
+        classes[top + 4 : bottom, left + 4 : left + 6] = 1
+        top, left, bottom, right = top + 4, left + 4, bottom - 4, right - 4
+    n_labels = ndimage.label(classes == 1)[1]
+    assert n_labels == 1  # one 4-connected snake...
+    probabilities = random_probabilities(classes)
+    windows = block_windows(64, 64, 8)
+    np.random.default_rng(11).shuffle(windows)
+    last = max(i for i, w in enumerate(windows) if (classes[w.slices] == 1).any())
+    collector = make_collector(classes)
+
+    returned = [
+        len(collector.add_block(w, classes[w.slices], probabilities[(slice(None), *w.slices)])) for w in windows
+    ]
+
+    assert returned[last] == 1 and sum(returned) == 1  # ...complete only when its last block arrives
+    assert collector.pending_pieces == 0 and len(collector.finish()) == 0
+    result = vectorize(classes, probabilities, block=8, seed=4)
+    assert len(result) == 1 and result.geometry.iloc[0].is_valid
+    assert result.area_m2.iloc[0] == pytest.approx((classes == 1).sum() * PIXEL_AREA)
+
+
+def test_empty_block_closes_the_seam() -> None:
+    classes = np.zeros((16, 16), np.uint8)
+    classes[4:8, 2:12] = 1  # crosses the column seam, ends on the row seam above an empty block
+    probabilities = random_probabilities(classes)
+    collector = make_collector(classes)
+    order = [Window(0, 0, 8, 8), Window(0, 8, 8, 8), Window(8, 8, 8, 8), Window(8, 0, 8, 8)]
+
+    returned = [collector.add_block(w, classes[w.slices], probabilities[(slice(None), *w.slices)]) for w in order]
+
+    assert [len(r) for r in returned] == [0, 0, 0, 1]  # the last block has no component at all
+    assert returned[3].area_m2.iloc[0] == pytest.approx(40 * PIXEL_AREA)
+    assert collector.pending_pieces == 0
+
+
+def test_irregular_blocks_match_single_block() -> None:
+    # Block rows of different heights, each cut at its own columns: a side may face several blocks.
+    classes = blob_raster(90, 110, seed=4)
+    probabilities = random_probabilities(classes, seed=4)
+    rng = np.random.default_rng(4)
+    windows = []
+    row = 0
+    while row < 90:
+        height, col = min(int(rng.integers(3, 30)), 90 - row), 0
+        while col < 110:
+            width = min(int(rng.integers(3, 40)), 110 - col)
+            windows.append(Window(row, col, height, width))
+            col += width
+        row += height
+    rng.shuffle(windows)
+    collector = make_collector(classes)
+
+    parts = [collector.add_block(w, classes[w.slices], probabilities[(slice(None), *w.slices)]) for w in windows]
+
+    assert collector.pending_pieces == 0
+    parts.append(collector.finish())
+    assert_same_features(pd.concat(parts, ignore_index=True), vectorize(classes, probabilities, 1000, seed=None))
+
+
+# --- noisy rasters: order independence and bounded memory ----------------------------
+
+
+def noise_raster(height: int, width: int, seed: int, sigma: float = 2.0) -> np.ndarray:
+    """Classes 1..3 as an untrained model gives them, smoothed a little so components span seams."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.random((3, height, width), dtype=np.float32), (0, sigma, sigma))
+    return (field.argmax(axis=0) + 1).astype(np.uint8)
+
+
+def canonical(gdf: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, np.ndarray]:
+    """Rows in a canonical order and their geometries normalised, without redundant (seam) vertices."""
+    geoms = shapely.normalize(shapely.simplify(gdf.geometry.values, 0))
+    x0, y0, x1, y1 = shapely.bounds(geoms).T
+    order = np.lexsort((gdf.area_m2.to_numpy().round(6), y1, x1, y0, x0, gdf.class_id.to_numpy()))
+    return gdf.iloc[order].reset_index(drop=True), geoms[order]
+
+
+def assert_same_features(got: gpd.GeoDataFrame, expected: gpd.GeoDataFrame) -> None:
+    got, got_geoms = canonical(got)
+    expected, expected_geoms = canonical(expected)
+    assert len(got) == len(expected)
+    for column in ("class_id", "class_name", "source"):
+        np.testing.assert_array_equal(got[column], expected[column])
+    for column in ("area_m2", "perimeter_m", "mean_probability"):
+        np.testing.assert_allclose(got[column], expected[column], rtol=1e-12)
+    assert shapely.equals_exact(got_geoms, expected_geoms, tolerance=0).all()
+
+
+def feed(classes: np.ndarray, probabilities: np.ndarray, windows: list[Window]) -> tuple[gpd.GeoDataFrame, list[int]]:
+    """Every feature, and ``pending_pieces`` after each block."""
+    collector = make_collector(classes)
+    parts, pending = [], []
+    for w in windows:
+        parts.append(collector.add_block(w, classes[w.slices], probabilities[(slice(None), *w.slices)]))
+        pending.append(collector.pending_pieces)
+    parts.append(collector.finish())
+    return gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=parts[0].crs), pending
+
+
+@pytest.fixture(scope="module")
+def noisy() -> tuple[np.ndarray, np.ndarray, gpd.GeoDataFrame, list[int]]:
+    """A 2048 x 2048 noisy raster (8 x 8 blocks of 256), fed in row-major order."""
+    classes = noise_raster(2048, 2048, seed=0)
+    probabilities = random_probabilities(classes, seed=0)
+    features, pending = feed(classes, probabilities, block_windows(2048, 2048, 256))
+    return classes, probabilities, features, pending
+
+
+@pytest.mark.slow
+def test_noisy_raster_any_order_matches_single_block(noisy) -> None:
+    classes, probabilities, row_major, _ = noisy
+    windows = block_windows(2048, 2048, 256)
+    np.random.default_rng(5).shuffle(windows)
+
+    shuffled, _ = feed(classes, probabilities, windows)
+    single, _ = feed(classes, probabilities, [Window(0, 0, 2048, 2048)])
+
+    assert len(single) > 20_000  # really noisy
+    assert_same_features(shuffled, row_major)
+    assert_same_features(row_major, single)
+
+
+@pytest.mark.slow
+def test_row_major_pending_pieces_stay_bounded(noisy) -> None:
+    classes, _, _, pending = noisy
+    seam_pieces = 0  # every component of every block touching an inner block side
+    for w in block_windows(2048, 2048, 256):
+        for class_id in (1, 2, 3):
+            labels, _ = ndimage.label(classes[w.slices] == class_id)
+            sides = [labels[0] if w.row_off else [], labels[-1] if w.row_end < 2048 else []]
+            sides += [labels[:, 0] if w.col_off else [], labels[:, -1] if w.col_end < 2048 else []]
+            seam_pieces += len(np.setdiff1d(np.concatenate(sides), [0]))
+
+    assert max(pending) < 0.35 * seam_pieces  # about one row of blocks, not the whole raster
+    assert pending[-1] == 0
 
 
 # --- classes, filters, output -------------------------------------------------------

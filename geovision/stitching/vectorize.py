@@ -1,4 +1,4 @@
-"""Class raster blocks to polygons, merged across block seams.
+"""Class raster blocks to polygons, merged across block seams as the blocks arrive.
 
 The engine writes the class raster block by block; each finished block goes to
 a :class:`PolygonCollector`, which turns it into polygons at once, so memory
@@ -8,23 +8,37 @@ does not grow with the raster's area:
    polygons by :func:`rasterio.features.shapes` **in pixel coordinates of the
    whole raster**. Pixel corners are integers there, so pieces of one object cut
    by a seam share exactly the same edge coordinates and union exactly.
-2. A component touching a block edge that is not the raster's edge may continue
+2. A component touching a block side that is not the raster's edge may continue
    in a neighbouring block: it is kept as a *pending* piece. Every other
    component is final and returned by :meth:`PolygonCollector.add_block`.
-3. :meth:`PolygonCollector.finish` joins pending pieces of the same class that
-   share an edge of positive length (pieces meeting at a single corner stay
-   apart, as 4-connectivity wants) and unions each connected group.
+3. Each inner side of an arrived block is kept as a *seam side*: the pending
+   piece (if any) of every pixel along it. When the block on the other side of
+   the seam arrives, the two pixel lines are compared: pieces of the same class
+   on facing pixels share an edge of positive length and join one group
+   (union-find). Pieces meeting at a single corner are never on facing pixels,
+   so they stay apart, as 4-connectivity wants.
+4. A group counts its *open* (piece, side) pairs: sides its pieces touch whose
+   facing pixels have not all arrived yet. A side closes when they have; when a
+   group has no open pair left it cannot grow any more: its pieces are unioned
+   (in arrival order), its probability sums and pixel counts added, and it is
+   returned by that same :meth:`~PolygonCollector.add_block` call and forgotten.
 
 Final features are then moved to map coordinates, optionally simplified,
 repaired if invalid and measured on the ground (:func:`geovision.io.geo.measure`).
 
-Memory: only pending pieces are kept, that is the components touching inner
-block seams, until :meth:`~PolygonCollector.finish`.
+Blocks may come in any order and need not form a regular grid (any tiling of
+the raster works: a side may face several smaller blocks). Memory: only the
+pieces of objects still open and the open seam sides (one int64 per pixel) are
+kept; fed in row-major order that is about one row of blocks, whatever the
+raster's height (see :attr:`PolygonCollector.pending_pieces`).
+:meth:`~PolygonCollector.finish` returns what is left, which is nothing when
+every block arrived.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import geopandas as gpd
@@ -34,8 +48,6 @@ import rasterio.features
 import shapely
 from affine import Affine
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from geovision.errors import ConfigError, warn
 from geovision.io.geo import as_pyproj_crs, ground_pixel_size_m, measure
@@ -54,13 +66,37 @@ COLUMNS: tuple[str, ...] = (
 )
 """Columns of every GeoDataFrame a :class:`PolygonCollector` returns, in order."""
 
+_SideKey = tuple[int, int, bool]
+"""``(axis, line, before)`` of a seam side: ``axis`` 0 for a horizontal seam (between rows
+``line - 1`` and ``line``), 1 for a vertical one (between columns ``line - 1`` and ``line``);
+``before`` is true for the side of a block lying before the line (its bottom or right side)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Side:
+    """An inner side of an arrived block whose facing pixels have not all arrived yet."""
+
+    start: int
+    """First pixel of the side along its line (a column for a horizontal side, a row for a vertical one)."""
+    pieces: np.ndarray
+    """``(length,)`` int64 pending piece id of each pixel along the side, -1 outside pending pieces."""
+    classes: np.ndarray
+    """``(length,)`` class id of each pixel's piece (meaningless where ``pieces`` is -1)."""
+    uncovered: int
+    """How many pixels along the side still face a pixel of a block not yet arrived."""
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.pieces)
+
 
 class PolygonCollector:
     """Vectorises a class raster block by block, merging objects cut by block seams.
 
     Feed every block of the raster once, in any order, to :meth:`add_block`
-    (which returns the polygons that are already complete), then call
-    :meth:`finish` (which returns the polygons that crossed seams, merged).
+    (which returns the polygons that became complete with that block, merged
+    across seams), then call :meth:`finish` (which returns what is left: nothing
+    when every block arrived, the objects cut by missing blocks otherwise).
     Every returned GeoDataFrame has the columns :data:`COLUMNS`: ``class_id``
     (int), ``class_name`` (str), ``area_m2`` (m², see
     :func:`geovision.io.geo.measure`), ``perimeter_m`` (m), ``mean_probability``
@@ -125,17 +161,27 @@ class PolygonCollector:
             x_m, y_m = ground_pixel_size_m(transform, self.crs, raster_height, raster_width)
             self._simplify_px = simplify_m / float(np.sqrt(x_m * y_m))
 
-        # Pending pieces, one array per block, concatenated by finish().
-        self._pending_class: list[np.ndarray] = []
-        self._pending_geom: list[np.ndarray] = []
-        self._pending_prob_sum: list[np.ndarray] = []
-        self._pending_count: list[np.ndarray] = []
+        # Pending pieces by id (ids count up in arrival order): (class id, pixel-space polygon,
+        # summed own-class probability, pixel count).
+        self._pieces: dict[int, tuple[int, shapely.Geometry, float, int]] = {}
+        self._next_id = 0
+        # Union-find over pending pieces; a group is known by its root piece.
+        self._parent: dict[int, int] = {}
+        self._members: dict[int, list[int]] = {}  # root -> piece ids of the group
+        self._open: dict[int, int] = {}  # root -> (piece, side) pairs still facing missing pixels
+        # Seam sides still facing missing pixels, by line.
+        self._sides: dict[_SideKey, list[_Side]] = {}
         self._pixels_seen = 0
 
     # --- public API ---------------------------------------------------------------
 
+    @property
+    def pending_pieces(self) -> int:
+        """How many pending pieces (parts of objects that may still grow) are held right now."""
+        return len(self._pieces)
+
     def add_block(self, window: Window, classes: np.ndarray, probabilities: np.ndarray) -> gpd.GeoDataFrame:
-        """Vectorise one finished block; return its polygons that cannot continue in another block.
+        """Vectorise one finished block; return every object that is complete once it has arrived.
 
         Args:
             window: where the block lies in the raster (pixels).
@@ -143,7 +189,9 @@ class PolygonCollector:
             probabilities: ``(C, h, w)`` float class probabilities, ``C = len(class_names)``.
 
         Returns:
-            The block's final polygons (columns :data:`COLUMNS`), possibly empty.
+            The block's components that touch no inner seam, then the objects
+            across seams whose last block this was, merged (columns
+            :data:`COLUMNS`), possibly empty.
 
         Raises:
             ValueError: the window leaves the raster, the arrays do not match it,
@@ -154,36 +202,60 @@ class PolygonCollector:
 
         labels, label_class = self._label(classes)
         n_labels = len(label_class)
-        if n_labels == 0:
-            return self.empty()
+        sides = self._inner_sides(window, labels)
+        # Pending piece id of each label (index 0 = outside any component): -1 for final components.
+        piece_of_label = np.full(n_labels + 1, -1, dtype=np.int64)
+        class_of_label = np.concatenate([[-1], label_class])
+        final = np.zeros(n_labels, dtype=bool)
+        geoms, prob_sums, counts = np.zeros(0, object), np.zeros(0), np.zeros(0, np.int64)
+        if n_labels > 0:
+            # Pixel count and summed own-class probability per component.
+            flat = labels.ravel()
+            own_class = np.where(labels > 0, classes, 0).astype(np.intp)
+            own_prob = np.take_along_axis(probabilities, own_class[None], axis=0)[0]
+            counts = np.bincount(flat, minlength=n_labels + 1)[1:]
+            prob_sums = ndimage.sum_labels(own_prob, labels, index=np.arange(1, n_labels + 1)).astype(np.float64)
+            geoms = self._trace(labels, window, n_labels)
 
-        # Pixel count and summed own-class probability per component (index 0 = outside any component).
-        flat = labels.ravel()
-        own_class = np.where(labels > 0, classes, 0).astype(np.intp)
-        own_prob = np.take_along_axis(probabilities, own_class[None], axis=0)[0]
-        counts = np.bincount(flat, minlength=n_labels + 1)[1:]
-        prob_sums = ndimage.sum_labels(own_prob, labels, index=np.arange(1, n_labels + 1)).astype(np.float64)
+            # Inner sides each component touches; those touching any are pending.
+            sides_touched = np.zeros(n_labels + 1, dtype=np.int64)
+            for _, _, line in sides:
+                sides_touched[np.unique(line)] += 1
+            sides_touched = sides_touched[1:]
+            final = sides_touched == 0
+            for label in np.flatnonzero(~final).tolist():
+                piece = self._next_id
+                self._next_id += 1
+                piece_of_label[label + 1] = piece
+                self._pieces[piece] = (
+                    int(label_class[label]), geoms[label], float(prob_sums[label]), int(counts[label])
+                )
+                self._parent[piece] = piece
+                self._members[piece] = [piece]
+                self._open[piece] = int(sides_touched[label])
 
-        geoms = self._trace(labels, window, n_labels)
-        pending = self._touches_inner_edge(labels, window, n_labels)
-
-        self._pending_class.append(label_class[pending])
-        self._pending_geom.append(geoms[pending])
-        self._pending_prob_sum.append(prob_sums[pending])
-        self._pending_count.append(counts[pending])
-
-        final = ~pending
-        return self._finalize(label_class[final], geoms[final], prob_sums[final], counts[final])
+        maybe_complete: list[int] = []
+        for key, start, line in sides:
+            side = _Side(start, piece_of_label[line], class_of_label[line], len(line))
+            maybe_complete += self._join(key, side)
+        done = self._complete_groups(maybe_complete)
+        return self._finalize(
+            np.concatenate([label_class[final], done[0]]),
+            np.concatenate([geoms[final], done[1]]),
+            np.concatenate([prob_sums[final], done[2]]),
+            np.concatenate([counts[final], done[3]]),
+        )
 
     def finish(self) -> gpd.GeoDataFrame:
-        """Merge the pending pieces into whole objects and return them.
+        """Return the objects still open, as merged so far.
 
-        Pieces of the same class that share an edge of positive length belong
-        to the same object; pieces meeting at a single corner do not. The
-        collector is empty afterwards.
+        When every block arrived there are none: each object was returned by
+        :meth:`add_block` as soon as its last block arrived. Otherwise the objects
+        cut by missing blocks come back in pieces (with a warning). The collector
+        is empty afterwards.
 
         Returns:
-            The merged polygons (columns :data:`COLUMNS`), possibly empty.
+            The remaining polygons (columns :data:`COLUMNS`), possibly empty.
         """
         expected = self.raster_height * self.raster_width
         if self._pixels_seen != expected:
@@ -192,30 +264,8 @@ class PolygonCollector:
                 f"({self.raster_height} x {self.raster_width}); objects crossing missing or repeated blocks "
                 "may come back in pieces or twice. Feed every block exactly once."
             )
-        if not self._pending_geom:
-            return self.empty()
-        class_ids = np.concatenate(self._pending_class)
-        geoms = np.concatenate(self._pending_geom)
-        prob_sums = np.concatenate(self._pending_prob_sum)
-        counts = np.concatenate(self._pending_count)
-        self._pending_class, self._pending_geom = [], []
-        self._pending_prob_sum, self._pending_count = [], []
-        if len(geoms) == 0:
-            return self.empty()
-
-        group = _edge_connected_groups(geoms, class_ids)
-        n_groups = int(group.max()) + 1
-        order = np.argsort(group, kind="stable")
-        starts = np.searchsorted(group[order], np.arange(n_groups + 1))
-        merged = np.empty(n_groups, dtype=object)
-        group_class = np.empty(n_groups, dtype=class_ids.dtype)
-        for g in range(n_groups):  # one union per object
-            members = order[starts[g] : starts[g + 1]]
-            merged[g] = geoms[members[0]] if len(members) == 1 else shapely.union_all(geoms[members])
-            group_class[g] = class_ids[members[0]]
-        group_prob_sum = np.bincount(group, weights=prob_sums, minlength=n_groups)
-        group_count = np.bincount(group, weights=counts, minlength=n_groups).astype(np.int64)
-        return self._finalize(group_class, merged, group_prob_sum, group_count)
+        self._sides.clear()
+        return self._finalize(*self._complete_groups(list(self._members), force=True))
 
     def empty(self) -> gpd.GeoDataFrame:
         """An empty result: the columns :data:`COLUMNS` with their dtypes, and the CRS."""
@@ -303,21 +353,118 @@ class PolygonCollector:
         geoms[np.asarray(values, dtype=np.int64) - 1] = polygons
         return geoms
 
-    def _touches_inner_edge(self, labels: np.ndarray, window: Window, n_labels: int) -> np.ndarray:
-        """``(N,)`` bool: component touches a block edge that is not the raster's edge."""
-        edges = []
-        if window.row_off > 0:
-            edges.append(labels[0, :])
-        if window.row_end < self.raster_height:
-            edges.append(labels[-1, :])
-        if window.col_off > 0:
-            edges.append(labels[:, 0])
-        if window.col_end < self.raster_width:
-            edges.append(labels[:, -1])
-        touching = np.zeros(n_labels + 1, dtype=bool)
-        if edges:
-            touching[np.concatenate(edges)] = True
-        return touching[1:]
+    def _inner_sides(self, window: Window, labels: np.ndarray) -> list[tuple[_SideKey, int, np.ndarray]]:
+        """The block's sides that are not on the raster's edge: ``(key, start, labels along the side)``."""
+        sides = []
+        if window.row_off > 0:  # top
+            sides.append(((0, window.row_off, False), window.col_off, labels[0, :]))
+        if window.row_end < self.raster_height:  # bottom
+            sides.append(((0, window.row_end, True), window.col_off, labels[-1, :]))
+        if window.col_off > 0:  # left
+            sides.append(((1, window.col_off, False), window.row_off, labels[:, 0]))
+        if window.col_end < self.raster_width:  # right
+            sides.append(((1, window.col_end, True), window.row_off, labels[:, -1]))
+        return sides
+
+    # --- seam merging -------------------------------------------------------------
+
+    def _join(self, key: _SideKey, side: _Side) -> list[int]:
+        """Match a new block's side against the arrived sides facing it across the seam.
+
+        Pieces of the same class on facing pixels are united; sides whose facing
+        pixels have all arrived are closed. Returns the roots of groups that lost
+        their last open (piece, side) pair.
+        """
+        axis, line, before = key
+        facing = self._sides.get((axis, line, not before), [])
+        maybe_complete: list[int] = []
+        for other in list(facing):
+            lo, hi = max(side.start, other.start), min(side.end, other.end)
+            if hi <= lo:
+                continue
+            mine = slice(lo - side.start, hi - side.start)
+            theirs = slice(lo - other.start, hi - other.start)
+            a, b = side.pieces[mine], other.pieces[theirs]
+            joined = (a >= 0) & (b >= 0) & (side.classes[mine] == other.classes[theirs])
+            if joined.any():
+                pairs = np.unique(np.stack([a[joined], b[joined]], axis=1), axis=0)
+                for x, y in pairs.tolist():
+                    self._union(x, y)
+            side.uncovered -= hi - lo
+            other.uncovered -= hi - lo
+            if other.uncovered <= 0:
+                facing.remove(other)
+                maybe_complete += self._close(other)
+        if not facing:
+            self._sides.pop((axis, line, not before), None)
+        if side.uncovered <= 0:
+            maybe_complete += self._close(side)
+        else:
+            self._sides.setdefault(key, []).append(side)
+        return maybe_complete
+
+    def _close(self, side: _Side) -> list[int]:
+        """Take one open pair off the group of each piece on a side that faces no missing pixel any more."""
+        roots = []
+        for piece in np.unique(side.pieces[side.pieces >= 0]).tolist():
+            root = self._find(piece)
+            self._open[root] -= 1
+            if self._open[root] == 0:
+                roots.append(root)
+        return roots
+
+    def _find(self, piece: int) -> int:
+        parent = self._parent
+        while parent[piece] != piece:
+            parent[piece] = parent[parent[piece]]  # path halving
+            piece = parent[piece]
+        return piece
+
+    def _union(self, a: int, b: int) -> None:
+        a, b = self._find(a), self._find(b)
+        if a == b:
+            return
+        if len(self._members[a]) < len(self._members[b]):
+            a, b = b, a
+        self._parent[b] = a
+        self._members[a] += self._members.pop(b)
+        self._open[a] += self._open.pop(b)
+
+    def _complete_groups(
+        self, roots: list[int], force: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Union and forget the groups among ``roots`` with no open pair left (every group with ``force``).
+
+        Returns:
+            ``(class_ids, geoms_px, prob_sums, counts)`` of the groups, ready for :meth:`_finalize`.
+        """
+        done = []
+        for root in roots:
+            if root in self._members and (force or self._open[root] == 0):
+                members = sorted(self._members.pop(root))  # arrival order, as a one-shot merge would
+                del self._open[root]
+                for piece in members:
+                    del self._parent[piece]
+                done.append([self._pieces.pop(piece) for piece in members])
+        n = len(done)
+        class_ids = np.empty(n, dtype=np.int64)
+        merged = np.empty(n, dtype=object)
+        prob_sums = np.empty(n, dtype=np.float64)
+        counts = np.empty(n, dtype=np.int64)
+        for g, pieces in enumerate(done):
+            geoms = np.empty(len(pieces), dtype=object)
+            geoms[:] = [piece[1] for piece in pieces]
+            merged[g] = geoms[0] if len(pieces) == 1 else shapely.union_all(geoms)
+            class_ids[g] = pieces[0][0]
+            total = 0.0
+            for piece in pieces:
+                total += piece[2]
+            prob_sums[g] = total
+            counts[g] = sum(piece[3] for piece in pieces)
+        # a union keeps the collinear vertices where an outline crossed a seam; tolerance 0
+        # drops exactly those (coordinates are integers here), so seams leave no trace
+        merged = shapely.simplify(merged, 0.0)
+        return class_ids, merged, prob_sums, counts
 
     # --- final features -----------------------------------------------------------
 
@@ -374,24 +521,3 @@ class PolygonCollector:
         }
         return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=self.crs))
 
-
-def _edge_connected_groups(geoms: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
-    """Group pieces of the same class that share an edge of positive length.
-
-    Args:
-        geoms: ``(N,)`` pixel-space polygons.
-        class_ids: ``(N,)`` class id per piece.
-
-    Returns:
-        ``(N,)`` int group number in ``0..G-1`` per piece.
-    """
-    n = len(geoms)
-    left, right = shapely.STRtree(geoms).query(geoms, predicate="intersects")
-    candidate = (left < right) & (class_ids[left] == class_ids[right])
-    left, right = left[candidate], right[candidate]
-    # A shared edge intersects in a line (length > 0); a shared corner in a point (length 0).
-    shares_edge = shapely.length(shapely.intersection(geoms[left], geoms[right])) > 0
-    left, right = left[shares_edge], right[shares_edge]
-    graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n, n))
-    _, group = connected_components(graph, directed=False)
-    return group.astype(np.intp)
