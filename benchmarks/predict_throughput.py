@@ -74,7 +74,7 @@ def model_only(raster: Path, bundle: Path, tile: int, overlap: int, batch_size: 
     from geovision.tiling.stream import batched
 
     predictor = SegmentationPredictor.from_bundle(bundle, precision=precision)
-    info = open_raster(str(raster), bands, predictor.config.in_channels)
+    info = open_raster(str(raster), bands or predictor.config.bands, predictor.config.in_channels)
     grid = TileGrid(info.height, info.width, tile, overlap)
     total, tiles = 0.0, 0
     # one warm-up batch, as predict's first batch also pays oneDNN's warm-up

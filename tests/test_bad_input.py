@@ -57,10 +57,10 @@ def test_band_count_mismatch(tmp_path: Path, bundle: Path) -> None:
     raster = write_raster(tmp_path / "two.tif", scene(100, 100, bands=2)[0])
     with pytest.raises(BandMismatchError) as exc:
         predict(raster, bundle, tmp_path / "out.gpkg", progress=False)
-    check(exc, "two.tif", "3 bands", "has 2")
+    check(exc, "two.tif", "3 bands", "has 2", "--bands")
     with pytest.raises(BandMismatchError) as exc:
         predict(raster, bundle, tmp_path / "out.gpkg", bands=[1, 2, 7], progress=False)
-    check(exc, "[7]", "--bands")
+    check(exc, "[7]", "--bands", "do not exist")
     assert outputs(tmp_path) == []
 
 

@@ -62,14 +62,15 @@ class RasterInfo:
         return self.height * self.width / 1e6
 
 
-def open_raster(path: str, bands: Sequence[int] | None, expected_bands: int) -> RasterInfo:
+def open_raster(path: str, bands: Sequence[int], expected_bands: int, *, bands_from: str = "--bands") -> RasterInfo:
     """Open ``path``, check it can serve a model reading ``expected_bands`` bands.
 
     Args:
         path: file path or GDAL path (``/vsis3/...``, ``.vrt``), passed to GDAL untouched.
-        bands: 1-based band indices to read in model order, or ``None`` for the first
-            ``expected_bands`` bands.
+        bands: 1-based band indices to read, in model order (the user's ``--bands``, or
+            the bundle's band order).
         expected_bands: how many bands the model takes.
+        bands_from: where ``bands`` came from, for error messages.
 
     Raises:
         RasterReadError: the file cannot be opened.
@@ -90,31 +91,19 @@ def open_raster(path: str, bands: Sequence[int] | None, expected_bands: int) -> 
             f"{path}: the raster has no coordinate reference system, so outputs could not be placed "
             "on a map or measured. Assign one, e.g. `gdal_edit.py -a_srs EPSG:32631 FILE`."
         )
-    if bands is None:
-        if count < expected_bands:
-            raise BandMismatchError(
-                f"{path}: the model takes {expected_bands} bands but the raster has {count}. "
-                "Use a raster with the bands the model was trained on, or a model made for "
-                f"{count} band(s)."
-            )
-        if count > expected_bands:
-            from geovision.errors import warn
-
-            warn(
-                f"{path}: the raster has {count} bands and the model takes {expected_bands}; "
-                f"reading bands 1-{expected_bands}. Pass --bands to choose others."
-            )
-        bands = list(range(1, expected_bands + 1))
     bands = tuple(int(b) for b in bands)
     if len(bands) != expected_bands:
         raise BandMismatchError(
-            f"{path}: --bands names {len(bands)} band(s) {list(bands)} but the model takes "
+            f"{path}: {bands_from} names {len(bands)} band(s) {list(bands)} but the model takes "
             f"{expected_bands}. Name exactly {expected_bands} band indices."
         )
     bad = [b for b in bands if not 1 <= b <= count]
     if bad:
         raise BandMismatchError(
-            f"{path}: band(s) {bad} do not exist; the raster has bands 1-{count}. Fix --bands."
+            f"{path}: the model takes {expected_bands} bands, read as raster band(s) {list(bands)} "
+            f"({bands_from}), but the raster has {count} band(s), so band(s) {bad} do not exist. "
+            "Use a raster with the bands the model was trained on, pass --bands to choose "
+            f"{expected_bands} of bands 1-{count}, or use a model made for {count} band(s)."
         )
     return RasterInfo(
         path=path,

@@ -270,7 +270,8 @@ def run_predict(opts: PredictOptions) -> PredictResult:
     if opts.overlap >= tile_size // 2:
         raise ConfigError(f"overlap {opts.overlap} must be less than half the tile ({tile_size}); lower --overlap.")
 
-    infos = [open_raster(path, opts.bands, config.in_channels) for path in opts.rasters]
+    bands, bands_from = (opts.bands, "--bands") if opts.bands else (config.bands, "the bundle's band order")
+    infos = [open_raster(path, bands, config.in_channels, bands_from=bands_from) for path in opts.rasters]
     resolutions = [_resolution_check(info, config.ground_resolution_m) for info in infos]
     multi = len(infos) > 1
 

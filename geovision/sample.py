@@ -1,0 +1,529 @@
+"""A deterministic synthetic scene: the built-in sample that ``geovision demo`` segments.
+
+:func:`render_scene` draws a peri-urban landscape in plain numpy (no per-pixel
+Python loops; objects are drawn into their own small windows):
+
+* textured soil and grass (low-frequency noise),
+* roads (grey tarmac or orange murram bands) on a slightly rotated street grid,
+* fields with crop rows (periodic green/NIR stripes) and stressed patches (lower NIR),
+* tree crowns (dark green discs, high NIR) with their shadows,
+* buildings: rotated rectangles of 6-25 m with grey metal, red/brown tile, light
+  concrete or rusty roofs, most with a shadow on the side away from the sun,
+* an irregular nodata strip along one edge (every band 0; real pixels are >= 1).
+
+:func:`make_sample_scene` writes it as a 4-band uint8 GeoTIFF (red, green, blue,
+NIR) in UTM, plus ``<stem>.truth.tif`` with the building mask. The same arguments
+give byte-identical files. Sizes are in metres and converted with ``pixel_m``, so
+other resolutions give the same landscape at a different pixel size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from geovision.errors import ConfigError
+
+__all__ = [
+    "BAND_NAMES",
+    "BUILDING",
+    "CROP",
+    "GROUND",
+    "LAND_COVER",
+    "NODATA",
+    "ROAD",
+    "STRESSED_CROP",
+    "TREE",
+    "SampleScene",
+    "SceneArrays",
+    "make_sample_scene",
+    "read_truth",
+    "render_scene",
+    "truth_path",
+]
+
+BAND_NAMES = ("red", "green", "blue", "nir")
+"""Band order of the sample image."""
+
+# Land-cover codes of SceneArrays.land_cover (what was drawn last at each pixel).
+GROUND, BUILDING, ROAD, TREE, CROP, STRESSED_CROP = 0, 1, 2, 3, 4, 5
+NODATA = 255
+LAND_COVER = {GROUND: "ground", BUILDING: "building", ROAD: "road", TREE: "tree", CROP: "crop",
+              STRESSED_CROP: "stressed_crop"}
+"""Land-cover code -> name (255 is nodata)."""
+
+DEFAULT_ORIGIN = (450_000.0, 40_000.0)
+"""Upper-left corner (x, y) in metres: near Kampala in UTM zone 36N (EPSG:32636)."""
+
+# Reflectances on the 0-255 scale, (red, green, blue, nir).
+_SOIL = (168.0, 122.0, 92.0, 150.0)  # laterite
+_GRASS = (92.0, 118.0, 64.0, 200.0)
+_TARMAC = (128.0, 128.0, 130.0, 125.0)
+_MURRAM = (182.0, 128.0, 92.0, 160.0)
+_CROP = (70.0, 125.0, 55.0, 215.0)
+_TREE = (48.0, 80.0, 42.0, 200.0)
+_ROOFS = {  # name: (colour, probability)
+    "metal": ((172.0, 176.0, 182.0, 165.0), 0.4),
+    "tile": ((166.0, 82.0, 60.0, 120.0), 0.3),
+    "concrete": ((214.0, 208.0, 198.0, 195.0), 0.2),
+    "rust": ((122.0, 88.0, 72.0, 105.0), 0.1),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SceneArrays:
+    """A rendered scene in memory.
+
+    Attributes:
+        image: ``(4, rows, cols)`` uint8 red, green, blue, NIR; 0 only on nodata pixels.
+        land_cover: ``(rows, cols)`` uint8 codes (:data:`LAND_COVER`), 255 on nodata.
+        buildings: how many buildings were drawn (some may be cut by the nodata strip).
+    """
+
+    image: np.ndarray
+    land_cover: np.ndarray
+    buildings: int
+
+    @property
+    def valid(self) -> np.ndarray:
+        """``(rows, cols)`` bool, true where the image has data."""
+        return self.land_cover != NODATA
+
+    @property
+    def truth(self) -> np.ndarray:
+        """``(rows, cols)`` uint8 building mask: 0 background, 1 building, 255 nodata."""
+        truth = (self.land_cover == BUILDING).astype(np.uint8)
+        truth[~self.valid] = NODATA
+        return truth
+
+
+@dataclass(frozen=True, slots=True)
+class SampleScene:
+    """A sample scene written to disk by :func:`make_sample_scene`.
+
+    Attributes:
+        path: the 4-band GeoTIFF (red, green, blue, NIR; uint8, nodata 0).
+        truth_path: ``<stem>.truth.tif``: uint8, 0 background, 1 building, 255 nodata.
+        size: edge in pixels.
+        pixel_m: pixel size in metres.
+        seed: the random seed.
+        crs: the CRS, e.g. ``"EPSG:32636"``.
+        buildings: buildings drawn.
+    """
+
+    path: Path
+    truth_path: Path
+    size: int
+    pixel_m: float
+    seed: int
+    crs: str
+    buildings: int
+
+    def truth(self) -> np.ndarray:
+        """The building truth mask, ``(rows, cols)`` uint8 (0, 1, 255 nodata)."""
+        return read_truth(self.path)
+
+
+def truth_path(path: str | os.PathLike[str]) -> Path:
+    """Where the truth raster of the sample image ``path`` lives: ``<stem>.truth.tif`` beside it."""
+    path = Path(path)
+    return path.with_name(path.stem + ".truth.tif")
+
+
+def read_truth(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read the building truth mask of the sample image ``path`` (``(rows, cols)`` uint8, 255 nodata)."""
+    import rasterio
+
+    with rasterio.open(truth_path(path)) as ds:
+        return ds.read(1)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_scene(size: int = 2048, *, pixel_m: float = 0.3, seed: int = 0) -> SceneArrays:
+    """Draw the sample landscape in memory.
+
+    Args:
+        size: edge in pixels (square scene), >= 64.
+        pixel_m: pixel size in metres (every object size is given in metres).
+        seed: random seed; the same arguments give identical arrays.
+
+    Returns:
+        The image, its land cover and the number of buildings.
+
+    Raises:
+        ConfigError: ``size`` or ``pixel_m`` out of range.
+    """
+    if not isinstance(size, int) or isinstance(size, bool) or size < 64:
+        raise ConfigError(f"sample size must be an integer of at least 64 pixels, got {size!r}")
+    if not (np.isfinite(pixel_m) and 0.05 <= pixel_m <= 5.0):
+        raise ConfigError(f"sample pixel_m must be between 0.05 and 5 metres, got {pixel_m!r}")
+    return _Painter(size, float(pixel_m), np.random.default_rng(seed)).paint()
+
+
+class _Painter:
+    """Draws one scene; each ``_draw_*`` step paints ``img`` (4, H, W float32) and ``cover``."""
+
+    def __init__(self, size: int, pixel_m: float, rng: np.random.Generator) -> None:
+        self.n, self.px, self.rng = size, pixel_m, rng
+        self.img = np.empty((4, size, size), dtype=np.float32)
+        self.cover = np.full((size, size), GROUND, dtype=np.uint8)
+        self.extent_m = size * pixel_m
+        # street grid direction (radians) and the direction shadows fall (unit row, col step)
+        self.grid_angle = float(rng.uniform(-0.35, 0.35))
+        sun = float(rng.uniform(0.0, 2 * np.pi))
+        self.shadow_dir = (float(np.sin(sun)), float(np.cos(sun)))
+
+    def m(self, metres: float | np.ndarray) -> float | np.ndarray:
+        """Metres to pixels."""
+        return metres / self.px
+
+    def count(self, per_km2: float) -> int:
+        """A Poisson count for a density per km²."""
+        return int(self.rng.poisson(per_km2 * (self.extent_m / 1000.0) ** 2))
+
+    def paint(self) -> SceneArrays:
+        self._draw_ground()
+        self._draw_fields()
+        road = self._draw_roads()
+        self._draw_trees()
+        buildings = self._draw_buildings(road)
+        self._finish()
+        valid = self._nodata_strip()
+        image = np.empty(self.img.shape, dtype=np.uint8)
+        for b in range(4):
+            band = np.rint(self.img[b], out=self.img[b])
+            np.clip(band, 1, 255, out=band)
+            np.copyto(image[b], band, casting="unsafe")
+            image[b][~valid] = 0
+        self.cover[~valid] = NODATA
+        return SceneArrays(image=image, land_cover=self.cover, buildings=buildings)
+
+    # --- ground ----------------------------------------------------------------------
+
+    def _draw_ground(self) -> None:
+        n, rng = self.n, self.rng
+        veg = _smooth_noise(rng, (n, n), self.m(60.0)) + 0.5 * _smooth_noise(rng, (n, n), self.m(12.0))
+        veg = 1.0 / (1.0 + np.exp(-1.6 * veg + 0.2))
+        texture = 1.0 + 0.05 * _smooth_noise(rng, (n, n), self.m(2.5))
+        soil, grass = np.asarray(_SOIL, np.float32), np.asarray(_GRASS, np.float32)
+        for b in range(4):
+            np.multiply(veg, grass[b] - soil[b], out=self.img[b])
+            self.img[b] += soil[b]
+            self.img[b] *= texture
+        self.veg = veg
+
+    # --- fields ----------------------------------------------------------------------
+
+    def _draw_fields(self) -> None:
+        rng = self.rng
+        self.field = np.zeros((self.n, self.n), dtype=bool)
+        crop = np.asarray(_CROP, np.float32)[:, None]
+        soil = np.asarray(_SOIL, np.float32)[:, None] * 0.92
+        for _ in range(self.count(10.0)):
+            half_l, half_w = self.m(rng.uniform(20.0, 60.0)), self.m(rng.uniform(15.0, 45.0))
+            angle = self.grid_angle + float(rng.choice([0.0, np.pi / 2])) + rng.uniform(-0.1, 0.1)
+            cy, cx = rng.uniform(0, self.n, size=2)
+            period = self.m(rng.uniform(0.75, 1.5))  # crop row spacing
+            stress_seed = int(rng.integers(2**31))
+            stress_level = rng.uniform(0.3, 0.9)
+            shape = _rect(cy, cx, half_l, half_w, angle, self.n)
+            if shape is None:
+                continue
+            (rows, cols), inside, u, _ = shape
+            if not inside.any():
+                continue
+            rows_on = np.clip(1.6 * np.cos(2 * np.pi * u / period) + 0.6, 0.0, 1.0)[inside]
+            local = np.random.default_rng(stress_seed)
+            stress = _smooth_noise(local, inside.shape, self.m(8.0))[inside] > stress_level
+            vigour = np.where(stress, 0.55, 1.0).astype(np.float32)
+            patch = soil + rows_on * (crop - soil)
+            patch[3] = soil[3, 0] + rows_on * vigour * (crop[3, 0] - soil[3, 0])  # stressed: lower NIR
+            patch[0] += rows_on * (1 - vigour) * 60.0  # ... and yellower
+            patch[1] += rows_on * (1 - vigour) * 25.0
+            window = self.img[:, rows, cols]
+            window[:, inside] = patch
+            cover = self.cover[rows, cols]
+            cover[inside] = np.where(stress & (rows_on > 0.5), STRESSED_CROP, CROP)
+            self.field[rows, cols] |= inside
+
+    # --- roads -----------------------------------------------------------------------
+
+    def _draw_roads(self) -> np.ndarray:
+        n, rng = self.n, self.rng
+        ys = np.arange(n, dtype=np.float32)[:, None] + 0.5
+        xs = np.arange(n, dtype=np.float32)[None, :] + 0.5
+        road = np.zeros((n, n), dtype=bool)
+        for _ in range(max(1, round(self.extent_m / 200.0 + rng.uniform(0, 1.5)))):
+            angle = self.grid_angle + float(rng.choice([0.0, np.pi / 2])) + rng.uniform(-0.05, 0.05)
+            cy, cx = rng.uniform(0.1 * n, 0.9 * n, size=2)
+            half = self.m(rng.uniform(2.5, 5.0))
+            colour = np.asarray(_TARMAC if rng.random() < 0.5 else _MURRAM, np.float32) * rng.uniform(0.9, 1.1)
+            # distance from the road's centre line, which runs along ``angle`` through (cy, cx)
+            dist = np.abs((xs - cx) * np.float32(np.sin(angle)) - (ys - cy) * np.float32(np.cos(angle)))
+            on = dist <= half
+            for b in range(4):
+                np.copyto(self.img[b], colour[b], where=on)
+            road |= on
+        self.cover[road] = ROAD
+        return road
+
+    # --- trees -----------------------------------------------------------------------
+
+    def _draw_trees(self) -> None:
+        rng, n = self.rng, self.n
+        candidates = self.count(3000.0)
+        yx = rng.uniform(0, n, size=(candidates, 2))
+        radius = self.m(rng.uniform(1.5, 5.0, size=candidates))
+        shade = rng.uniform(0.8, 1.15, size=candidates)
+        keep = rng.random(candidates) < self.veg[yx[:, 0].astype(int), yx[:, 1].astype(int)] ** 2
+        keep &= ~self.field[yx[:, 0].astype(int), yx[:, 1].astype(int)]
+        tree = np.asarray(_TREE, np.float32)[:, None]
+        dy, dx = self.shadow_dir
+        for (cy, cx), r, s in zip(yx[keep], radius[keep], shade[keep]):
+            shadow = _disc(cy + dy * 0.8 * r, cx + dx * 0.8 * r, r, n)
+            if shadow is not None:
+                (rows, cols), inside, _ = shadow
+                window = self.img[:, rows, cols]
+                window[:, inside] *= 0.55
+            crown = _disc(cy, cx, r, n)
+            if crown is None:
+                continue
+            (rows, cols), inside, d = crown
+            # brighter towards the centre, with leafy texture
+            light = (1.15 - 0.35 * d[inside] / r) * s * (1 + 0.12 * np.cos(3.1 * d[inside]) ** 2)
+            window = self.img[:, rows, cols]
+            window[:, inside] = tree * light.astype(np.float32)
+            self.cover[rows, cols][inside] = TREE
+
+    # --- buildings -------------------------------------------------------------------
+
+    def _draw_buildings(self, road: np.ndarray) -> int:
+        """Buildings on a grid of 30 m cells, at most one per cell, none on roads or fields."""
+        rng, n = self.rng, self.n
+        cell = int(round(self.m(30.0)))
+        cells = n // cell
+        if cells == 0:
+            return 0
+        margin = self.m(2.0)
+        blocked = road | self.field
+        cropped = blocked[: cells * cell, : cells * cell].reshape(cells, cell, cells, cell)
+        free = ~cropped.any(axis=(1, 3))
+        density = 0.45 + 0.35 * _smooth_noise(rng, (cells, cells), 4.0)
+        chosen = free & (rng.random((cells, cells)) < density)
+        ci, cj = np.nonzero(chosen)
+        k = len(ci)
+        length = self.m(rng.uniform(6.0, 25.0, size=k))
+        width = self.m(rng.uniform(6.0, 25.0, size=k))
+        aligned = rng.random(k) < 0.75
+        angle = np.where(aligned, self.grid_angle + rng.uniform(-0.08, 0.08, size=k), rng.uniform(0, np.pi, size=k))
+        # fit the rotated rectangle inside its cell (less the margin), then place it at random
+        ext_y = np.abs(length / 2 * np.sin(angle)) + np.abs(width / 2 * np.cos(angle))
+        ext_x = np.abs(length / 2 * np.cos(angle)) + np.abs(width / 2 * np.sin(angle))
+        shrink = np.minimum(1.0, (cell / 2 - margin) / np.maximum(ext_y, ext_x))
+        length, width, ext_y, ext_x = length * shrink, width * shrink, ext_y * shrink, ext_x * shrink
+        cy = ci * cell + margin + ext_y + rng.random(k) * np.maximum(0, cell - 2 * margin - 2 * ext_y)
+        cx = cj * cell + margin + ext_x + rng.random(k) * np.maximum(0, cell - 2 * margin - 2 * ext_x)
+        names = list(_ROOFS)
+        roof = rng.choice(len(names), size=k, p=[p for _, p in _ROOFS.values()])
+        tint = rng.uniform(0.85, 1.12, size=k)
+        shadow_len = np.where(rng.random(k) < 0.75, self.m(rng.uniform(1.0, 3.5, size=k)), 0.0)
+        gable = rng.random(k) < 0.6
+
+        dy, dx = self.shadow_dir
+        for i in range(k):  # all shadows first, so no shadow falls on a neighbour's roof
+            if shadow_len[i] > 0:
+                shape = _rect(cy[i] + dy * shadow_len[i], cx[i] + dx * shadow_len[i],
+                              length[i] / 2, width[i] / 2, angle[i], n)
+                if shape is not None:
+                    (rows, cols), inside, _, _ = shape
+                    window = self.img[:, rows, cols]
+                    window[:, inside] *= 0.45
+        for i in range(k):
+            shape = _rect(cy[i], cx[i], length[i] / 2, width[i] / 2, angle[i], n)
+            if shape is None:
+                continue
+            (rows, cols), inside, u, v = shape
+            colour = np.asarray(_ROOFS[names[roof[i]]][0], np.float32)[:, None] * np.float32(tint[i])
+            light = np.ones(inside.sum(), dtype=np.float32)
+            ui, vi = u[inside], v[inside]
+            if gable[i]:  # two roof halves lit differently, ridge along the long side
+                light *= np.where(vi > 0, 1.08, 0.9).astype(np.float32)
+            match names[roof[i]]:
+                case "metal" | "rust":  # corrugations across the slope
+                    light *= (1 + 0.05 * np.cos(2 * np.pi * vi / self.m(0.7))).astype(np.float32)
+                case "concrete":  # darker parapet
+                    edge = np.minimum(length[i] / 2 - np.abs(ui), width[i] / 2 - np.abs(vi))
+                    light *= np.where(edge < self.m(0.4), 0.8, 1.0).astype(np.float32)
+                case "tile":
+                    light *= (1 + 0.04 * np.cos(2 * np.pi * ui / self.m(0.35))).astype(np.float32)
+            window = self.img[:, rows, cols]
+            window[:, inside] = colour * light
+            self.cover[rows, cols][inside] = BUILDING
+        return k
+
+    # --- sensor ----------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """A slight optical blur (3-tap, about a 0.5 px Gaussian) and sensor noise (about ±2.6)."""
+        side = np.float32(0.107)
+        for b in range(4):
+            band = self.img[b]
+            for axis_band in (band, band.T):  # rows, then columns, in place
+                pair = axis_band[:, :-2] + axis_band[:, 2:]
+                axis_band[:, 1:-1] *= 1 - 2 * side
+                pair *= side
+                axis_band[:, 1:-1] += pair
+            band += self.rng.integers(-4, 5, size=band.shape, dtype=np.int8)
+
+    def _nodata_strip(self) -> np.ndarray:
+        """An irregular strip along one edge. Returns ``(rows, cols)`` bool, true where valid."""
+        n, rng = self.n, self.rng
+        edge = int(rng.integers(4))
+        wobble = _smooth_noise(rng, (1, n), max(8.0, n / 12))[0]
+        depth = n * (0.045 + 0.02 * np.clip(wobble, -2, 2))  # pixels from the edge, per position along it
+        pos = np.arange(n, dtype=np.float32) + 0.5
+        invalid = pos[None, :] < depth[:, None]  # rows: position along the edge, cols: distance into the scene
+        match edge:
+            case 0:  # left
+                pass
+            case 1:  # right
+                invalid = invalid[:, ::-1]
+            case 2:  # top
+                invalid = invalid.T
+            case _:  # bottom
+                invalid = invalid.T[::-1, :]
+        return ~invalid
+
+
+def _interp_matrix(n: int, scale_px: float, grid: int) -> np.ndarray:
+    """``(n, grid)`` Gaussian interpolation weights from ``grid`` coarse nodes ``scale_px`` pixels apart.
+
+    Rows are scaled to unit L2 norm, so ``A @ noise`` has unit variance everywhere.
+    """
+    t = (np.arange(n, dtype=np.float64) + 0.5) / scale_px + 1.0
+    w = np.exp(-0.5 * ((t[:, None] - np.arange(grid)[None, :]) / 0.6) ** 2)
+    w /= np.sqrt((w**2).sum(axis=1, keepdims=True))
+    return w.astype(np.float32)
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> np.ndarray:
+    """``shape`` float32 noise with unit variance and features about ``scale_px`` pixels across.
+
+    A coarse grid of normal noise is interpolated with Gaussian weights: two small
+    matrix products, so 4096² costs a fraction of a second.
+    """
+    h, w = shape
+    scale_px = max(float(scale_px), 1.0)
+    gh, gw = int(np.ceil(h / scale_px)) + 3, int(np.ceil(w / scale_px)) + 3
+    coarse = rng.standard_normal((gh, gw), dtype=np.float32)
+    return _interp_matrix(h, scale_px, gh) @ coarse @ _interp_matrix(w, scale_px, gw).T
+
+
+def _rect(cy: float, cx: float, half_l: float, half_w: float, angle: float, n: int):
+    """A rotated rectangle in its bounding window of an ``n``×``n`` raster.
+
+    Returns ``((rows, cols) slices, inside (h, w) bool, u, v)`` with ``u`` along and
+    ``v`` across the rectangle's long axis (pixels from its centre), or ``None``
+    when the window lies outside the raster.
+    """
+    r = float(np.hypot(half_l, half_w)) + 1
+    r0, r1 = max(0, int(cy - r)), min(n, int(np.ceil(cy + r)))
+    c0, c1 = max(0, int(cx - r)), min(n, int(np.ceil(cx + r)))
+    if r0 >= r1 or c0 >= c1:
+        return None
+    dy = np.arange(r0, r1, dtype=np.float32)[:, None] + np.float32(0.5 - cy)
+    dx = np.arange(c0, c1, dtype=np.float32)[None, :] + np.float32(0.5 - cx)
+    cos, sin = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+    u = dx * cos + dy * sin
+    v = dy * cos - dx * sin
+    inside = (np.abs(u) <= half_l) & (np.abs(v) <= half_w)
+    return (slice(r0, r1), slice(c0, c1)), inside, u, v
+
+
+def _disc(cy: float, cx: float, radius: float, n: int):
+    """A disc in its bounding window: ``((rows, cols), inside, distance)`` or ``None``."""
+    r0, r1 = max(0, int(cy - radius - 1)), min(n, int(np.ceil(cy + radius + 1)))
+    c0, c1 = max(0, int(cx - radius - 1)), min(n, int(np.ceil(cx + radius + 1)))
+    if r0 >= r1 or c0 >= c1:
+        return None
+    dy = np.arange(r0, r1, dtype=np.float32)[:, None] + np.float32(0.5 - cy)
+    dx = np.arange(c0, c1, dtype=np.float32)[None, :] + np.float32(0.5 - cx)
+    d = np.sqrt(dy * dy + dx * dx)
+    return (slice(r0, r1), slice(c0, c1)), d <= radius, d
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def make_sample_scene(
+    path: str | os.PathLike[str],
+    *,
+    size: int = 2048,
+    pixel_m: float = 0.3,
+    seed: int = 0,
+    crs: str = "EPSG:32636",
+    origin: tuple[float, float] = DEFAULT_ORIGIN,
+) -> SampleScene:
+    """Write the sample scene and its building truth as GeoTIFFs.
+
+    The image is 4 bands of uint8 (red, green, blue, NIR; band descriptions set),
+    tiled 256×256, deflate-compressed, nodata 0. ``<stem>.truth.tif`` beside it is
+    uint8: 0 background, 1 building, 255 nodata. Same arguments, same bytes.
+
+    Args:
+        path: the GeoTIFF to write (replaced if it exists); its folder must exist.
+        size: edge in pixels.
+        pixel_m: pixel size in metres.
+        seed: random seed.
+        crs: a projected CRS in metres; the default is UTM 36N (Kampala).
+        origin: upper-left corner ``(x, y)`` in ``crs`` metres.
+
+    Returns:
+        Where the files are, and what was drawn.
+
+    Raises:
+        ConfigError: a bad size, pixel size or CRS, or a folder that does not exist.
+    """
+    import rasterio
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    path = Path(path)
+    try:
+        crs_obj = CRS.from_user_input(crs)
+    except CRSError as exc:
+        raise ConfigError(f"sample crs {crs!r} is not a CRS ({exc}); use e.g. 'EPSG:32636'") from None
+    if not crs_obj.is_projected or (crs_obj.linear_units or "").lower() not in ("metre", "meter", "m"):
+        raise ConfigError(
+            f"sample crs {crs!r} must be projected in metres (the scene is drawn in metres); "
+            "use a UTM zone such as 'EPSG:32636'"
+        )
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
+
+    scene = render_scene(size, pixel_m=pixel_m, seed=seed)
+    transform = Affine(pixel_m, 0.0, origin[0], 0.0, -pixel_m, origin[1])
+    common = dict(driver="GTiff", height=size, width=size, crs=crs_obj, transform=transform, tiled=True,
+                  blockxsize=256, blockysize=256, compress="deflate")
+    tags = dict(geovision_sample_seed=str(seed), geovision_sample_pixel_m=repr(pixel_m))
+    # RGB photometric with an unspecified 4th sample: NIR is data, not alpha
+    with rasterio.open(path, "w", count=4, dtype="uint8", nodata=0, interleave="pixel", photometric="RGB",
+                       alpha="UNSPECIFIED", **common) as ds:
+        ds.write(scene.image)
+        for i, name in enumerate(BAND_NAMES, start=1):
+            ds.set_band_description(i, name)
+        ds.update_tags(**tags)
+    tpath = truth_path(path)
+    with rasterio.open(tpath, "w", count=1, dtype="uint8", nodata=NODATA, **common) as ds:
+        ds.write(scene.truth, 1)
+        ds.set_band_description(1, "building")
+        ds.write_colormap(1, {0: (0, 0, 0, 255), 1: (230, 25, 75, 255)})
+        ds.update_tags(**tags)
+    return SampleScene(path=path, truth_path=tpath, size=size, pixel_m=float(pixel_m), seed=seed,
+                       crs=crs_obj.to_string(), buildings=scene.buildings)

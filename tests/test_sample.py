@@ -1,0 +1,111 @@
+"""The built-in sample: a deterministic georeferenced scene, the shipped model, the demo end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import ColorInterp
+
+from geovision.errors import BundleError, ConfigError, OutputExistsError
+from geovision.models.bundle import read_config
+from geovision.sample import BAND_NAMES, BUILDING, NODATA, make_sample_scene, render_scene
+from geovision.workflows import demo
+from geovision.workflows.demo import run_demo, sample_bundle, score_buildings
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
+    a = make_sample_scene(tmp_path / "a.tif", size=256, seed=3)
+    b = make_sample_scene(tmp_path / "b.tif", size=256, seed=3)
+    c = make_sample_scene(tmp_path / "c.tif", size=256, seed=4)
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert a.truth_path.read_bytes() == b.truth_path.read_bytes()
+    assert a.path.read_bytes() != c.path.read_bytes()
+    assert a.truth_path == tmp_path / "a.truth.tif"
+
+
+def test_scene_is_georeferenced_with_nodata_and_truth(tmp_path: Path) -> None:
+    scene = make_sample_scene(tmp_path / "s.tif", size=512, seed=0)
+    with rasterio.open(scene.path) as ds:
+        assert ds.crs.to_epsg() == 32636
+        assert (ds.count, ds.dtypes, ds.nodata) == (4, ("uint8",) * 4, 0)
+        assert ds.descriptions == BAND_NAMES
+        assert ColorInterp.alpha not in ds.colorinterp  # NIR is data, not transparency
+        assert ds.transform.a == pytest.approx(0.3) and ds.transform.e == pytest.approx(-0.3)
+        assert (ds.transform.c, ds.transform.f) == (450_000.0, 40_000.0)
+        assert ds.block_shapes == [(256, 256)] * 4
+        image = ds.read()
+        valid = ds.dataset_mask() > 0
+    assert 0.005 < (~valid).mean() < 0.2  # an irregular nodata strip along one edge
+    assert (image[:, valid] >= 1).all() and (image[:, ~valid] == 0).all()
+    truth = scene.truth()
+    assert set(np.unique(truth)) == {0, 1, NODATA}
+    assert np.array_equal(truth == NODATA, ~valid)
+    assert scene.buildings > 0
+
+
+def test_render_matches_the_file_and_labels_buildings(tmp_path: Path) -> None:
+    arrays = render_scene(256, seed=5)
+    scene = make_sample_scene(tmp_path / "s.tif", size=256, seed=5)
+    with rasterio.open(scene.path) as ds:
+        assert np.array_equal(ds.read(), arrays.image)
+    assert np.array_equal(scene.truth() == 1, arrays.land_cover == BUILDING)
+
+
+@pytest.mark.parametrize("kwargs", [{"crs": "EPSG:4326"}, {"size": 10}, {"pixel_m": 0.0}])
+def test_bad_scene_arguments(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        make_sample_scene(tmp_path / "s.tif", **kwargs)
+
+
+def test_shipped_bundle_reads_rgb_of_the_4_band_scene(tmp_path: Path) -> None:
+    with sample_bundle() as path:
+        config = read_config(path)
+        size = path.stat().st_size
+    assert size <= 8_000_000
+    assert config.task == "segmentation"
+    assert config.class_names == ["background", "building"]
+    assert config.bands == [1, 2, 3] and config.band_names == list(BAND_NAMES[:3])
+    assert config.in_channels == 3 and config.tile_size == 512
+    assert config.ground_resolution_m == pytest.approx(0.3)
+    assert config.normalization.method == "meanstd"
+    assert 0 not in config.provenance["train_seeds"]  # seed 0 is the demo scene
+    assert config.provenance["heldout"]["building_iou"] >= 0.85
+    scene = make_sample_scene(tmp_path / "s.tif", size=64, seed=0)
+    with rasterio.open(scene.path) as ds:
+        assert ds.count == 4 and max(config.bands) <= ds.count
+
+
+def test_score_buildings() -> None:
+    truth = np.zeros((10, 10), np.uint8)
+    truth[1:4, 1:4] = 1  # 9 px
+    truth[6:8, 6:8] = 1  # 4 px, missed
+    truth[:, 9] = NODATA
+    classes = np.zeros((10, 10), np.uint8)
+    classes[1:4, 1:5] = 1  # 9 hits, 3 false
+    score = score_buildings(classes, truth)
+    assert score.iou == pytest.approx(9 / 16)
+    assert (score.truth_objects, score.matched_objects) == (2, 1)
+    assert score_buildings(classes, truth, min_area_px=5).truth_objects == 1
+
+
+def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_demo(tmp_path, size=512, progress=True)
+    for path in (result.image, result.truth, result.vector, result.classes, result.probabilities, result.summary):
+        assert path.exists() and path.parent == tmp_path
+    assert result.iou >= 0.7
+    assert result.buildings_found >= 1 and result.truth_buildings >= 1
+    assert len(gpd.read_file(result.vector)) == result.buildings_found
+    assert f"{result.iou:.3f}" in capsys.readouterr().out
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        run_demo(tmp_path, size=512, overwrite=False, progress=False)
+
+
+def test_demo_without_the_shipped_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo, "SAMPLE_BUNDLE", "missing.safetensors")
+    with pytest.raises(BundleError, match="train_sample_model.py"):
+        run_demo(tmp_path / "out", size=512, progress=False)
+    assert not (tmp_path / "out").exists()
