@@ -202,6 +202,11 @@ def _client(options: PredictOptions):
                 "(e.g. tcp://10.0.0.5:8786) and that `dask scheduler` is running."
             ) from exc
     workers = options.workers or max(2, min(4, os.cpu_count() or 2))
+    # an in-process cluster's start/stop chatter is not for the user (Dask's own
+    # silence_logs misses the loggers that talk while the cluster starts)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("distributed"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     cluster = LocalCluster(
         n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=None,
         silence_logs=logging.CRITICAL,
