@@ -341,3 +341,16 @@ def test_default_colors() -> None:
     assert default_colors(0) == []
     for c in colors:  # every one is accepted by ClassInfo
         ClassInfo(name="x", color=c)
+
+
+def test_load_bundle_bytes_matches_file(tmp_path) -> None:
+    from geovision.models.bundle import init_bundle, load_bundle, load_bundle_bytes
+
+    path = tmp_path / "b.safetensors"
+    init_bundle(path, arch="shallow", bands=3, classes=["background", "thing"])
+    config, state = load_bundle(path)
+    config2, state2 = load_bundle_bytes(path.read_bytes(), "b")
+    assert config2 == config and state2.keys() == state.keys()
+    assert all(torch.equal(state[k], state2[k]) for k in state)
+    with pytest.raises(BundleError, match="junk"):
+        load_bundle_bytes(b"\x01" * 40, "junk")

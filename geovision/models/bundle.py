@@ -452,6 +452,26 @@ def load_bundle(path: str | os.PathLike[str]) -> tuple[BundleConfig, dict[str, t
     return config, tensors
 
 
+def load_bundle_bytes(data: bytes, name: str = "<bundle bytes>") -> tuple[BundleConfig, dict[str, torch.Tensor]]:
+    """:func:`load_bundle` for a bundle held in memory (e.g. sent to Dask workers as raw bytes).
+
+    The same checks apply; ``name`` stands for the file in error messages.
+    """
+    from safetensors.torch import load
+
+    path = Path(name)
+    try:
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + size])
+        tensors = load(data)
+    except Exception as exc:
+        raise _open_error(path, exc) from exc
+    metadata = header.get("__metadata__")
+    shapes = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    config = _parse_header(path, metadata, shapes)
+    return config, {k: tensors[k] for k in sorted(tensors)}
+
+
 def save_bundle(
     path: str | os.PathLike[str], config: BundleConfig, state_dict: Mapping[str, torch.Tensor]
 ) -> None:

@@ -483,11 +483,13 @@ class PolygonCollector:
             return self.empty()
         geoms = geoms_px
         if self._simplify_px > 0:
+            # GDAL's polygons and their coverage unions are valid; only simplification can
+            # break validity, so only then is it checked (the check costs as much as tracing)
             geoms = shapely.simplify(geoms, self._simplify_px, preserve_topology=True)
+            invalid = ~shapely.is_valid(geoms)
+            if invalid.any():
+                geoms[invalid] = shapely.make_valid(geoms[invalid], method="structure", keep_collapsed=False)
         geoms = shapely.transform(geoms, self._pixel_to_map)
-        invalid = ~shapely.is_valid(geoms)
-        if invalid.any():
-            geoms[invalid] = shapely.make_valid(geoms[invalid], method="structure", keep_collapsed=False)
         area, perimeter = measure(geoms, self.crs)
         keep = ~shapely.is_empty(geoms)
         if self.min_area_m2 is not None:

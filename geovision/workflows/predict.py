@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -106,18 +105,15 @@ _WORKER_LOCK = threading.Lock()
 
 
 def _worker_predictor(bundle_bytes: bytes, digest: str, device: str, precision: str):
-    """Load (once per worker process) the predictor for a bundle sent as raw safetensors bytes."""
+    """The predictor for a bundle sent as raw safetensors bytes, loaded once per worker process."""
+    from geovision.models.bundle import load_bundle_bytes
     from geovision.models.segmentation import SegmentationPredictor
 
     key = (digest, device, precision)
     with _WORKER_LOCK:
         if key not in _WORKER_PREDICTORS:
-            path = Path(tempfile.gettempdir()) / f"geovision-bundle-{digest}.safetensors"
-            if not path.exists():
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_bytes(bundle_bytes)
-                os.replace(tmp, path)
-            _WORKER_PREDICTORS[key] = SegmentationPredictor.from_bundle(path, device=device, precision=precision)
+            config, state = load_bundle_bytes(bundle_bytes, f"bundle {digest}")
+            _WORKER_PREDICTORS[key] = SegmentationPredictor(config, state, device=device, precision=precision)
         return _WORKER_PREDICTORS[key]
 
 
