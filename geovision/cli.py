@@ -67,23 +67,37 @@ def main() -> None:
 @click.option("--model", "-m", required=True, help="Model bundle (.safetensors).")
 @click.option("--out", "-o", required=True, help="Vector output: .gpkg, .geojson, .fgb or .parquet.")
 @click.option("--tile", type=int, default=None, help="Tile size in pixels (multiple of 32). Default: the bundle's.")
-@click.option("--overlap", type=int, default=64, show_default=True, help="Overlap between tiles in pixels.")
+@click.option("--overlap", type=int, default=None,
+              help="Overlap between tiles in pixels. Default: 64, or a quarter of a smaller tile.")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Tiles per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (cuda:1 ...).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               show_default=True, help="auto: bf16 + channels_last where the CPU supports it, mixed "
               "precision on CUDA; fp32 turns it off.")
 @click.option("--bands", callback=_int_list, default=None, help="1-based bands to read in model order, e.g. 4,3,2.")
-@click.option("--min-area", type=float, default=None, help="Drop polygons smaller than this (m²).")
-@click.option("--simplify", type=float, default=None, help="Simplify polygons with this tolerance (metres).")
-@click.option("--probabilities", is_flag=True, help="Also write <stem>.probabilities.tif.")
+@click.option("--min-area", type=float, default=None, help="Drop polygons (or boxes) smaller than this (m²).")
+@click.option("--simplify", type=float, default=None, help="Segmentation: simplify polygons with this tolerance (metres).")
+@click.option("--probabilities", is_flag=True, help="Segmentation: also write <stem>.probabilities.tif.")
+@click.option("--task", type=click.Choice(["segmentation", "detection"]), default=None,
+              help="Refuse a bundle of another task (default: whatever the bundle does).")
+@click.option("--score-threshold", type=float, default=None, help="Detection: keep boxes scoring at least this (default 0.5).")
+@click.option("--points", is_flag=True, help="Detection: add a layer of object centres.")
+@click.option("--zones", default=None, help="Detection: polygons (any format, any CRS) to count objects in, per class.")
+@click.option("--nms-iou", type=float, default=0.5, show_default=True,
+              help="Detection: boxes of one class overlapping more than this are duplicates.")
+@click.option("--box-fusion", type=click.Choice(["best", "wbf"]), default="best", show_default=True,
+              help="Detection: a merged box takes the best view's sides, or the score-weighted mean (wbf).")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:8786).")
 @click.option("--workers", type=int, default=None, help="Local reader threads (default: 2-4).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or table.")
 @_friendly_errors
 def predict(rasters: tuple[str, ...], quiet: bool, **kwargs: Any) -> None:
-    """Segment RASTERS (GeoTIFF, COG, VRT, GDAL paths) into a class COG and a vector layer."""
+    """Segment RASTERS, or detect and count objects in them, as the bundle's task says.
+
+    RASTERS are GeoTIFF, COG, VRT or GDAL paths. Segmentation writes a class COG and
+    polygons per class; detection writes one box per object, merged across tiles.
+    """
     from geovision.workflows.predict import predict as run
 
     run(list(rasters), progress=not quiet, **kwargs)
@@ -108,8 +122,13 @@ def model() -> None:
 
 @model.command("init")
 @click.option("--task", type=click.Choice(["segmentation", "detection"]), default="segmentation", show_default=True)
-@click.option("--arch", default="unet", show_default=True, help="Architecture (any segmentation-models-pytorch name, or 'shallow').")
-@click.option("--encoder", default=None, help="Encoder name (default resnet18; 'none' for shallow).")
+@click.option("--arch", default=None,
+              help="Architecture: segmentation any segmentation-models-pytorch name or 'shallow' (default unet); "
+                   "detection fasterrcnn (default), retinanet or fcos.")
+@click.option("--encoder", default=None,
+              help="Encoder/backbone (default resnet18; 'none' for shallow; detection also resnet34/50/101, "
+                   "mobilenet_v3_large).")
+@click.option("--arch-params", default=None, help='Extra architecture arguments as JSON, e.g. \'{"depth": 3}\'.')
 @click.option("--bands", required=True, help="Number of input bands, or the 1-based band list, e.g. 3 or 4,3,2.")
 @click.option("--band-names", callback=_str_list, default=None, help="Names of the bands, e.g. red,green,blue.")
 @click.option("--classes", callback=_str_list, required=True, help="Class names, e.g. background,building.")
@@ -119,12 +138,25 @@ def model() -> None:
 @click.option("--out", "-o", required=True, help="Bundle to write (.safetensors).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 @_friendly_errors
-def model_init(task: str, arch: str, encoder: str | None, bands: str, band_names: list[str] | None,
-               classes: list[str], tile: int, resolution: float | None, encoder_weights: str | None,
-               out: str, overwrite: bool) -> None:
-    """Create an untrained bundle (to train from, or to benchmark)."""
-    from geovision.errors import OutputExistsError
+def model_init(task: str, arch: str | None, encoder: str | None, arch_params: str | None, bands: str,
+               band_names: list[str] | None, classes: list[str], tile: int, resolution: float | None,
+               encoder_weights: str | None, out: str, overwrite: bool) -> None:
+    """Create an untrained bundle (to train from, or to benchmark).
+
+    Detection bundles get a 'background' class first when --classes does not start with one.
+    """
+    import json
+
+    from geovision.errors import ConfigError, OutputExistsError
     from geovision.models.bundle import init_bundle
+
+    try:
+        params = json.loads(arch_params) if arch_params else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--arch-params is not valid JSON ({exc}); e.g. '{{\"depth\": 3}}'") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"--arch-params must be a JSON object such as '{{\"depth\": 3}}', got {arch_params}")
+    arch = arch or ("fasterrcnn" if task == "detection" else "unet")
 
     if os.path.exists(out) and not overwrite:
         raise OutputExistsError(f"{out}: exists already. Pass --overwrite to replace it.")
@@ -132,7 +164,7 @@ def model_init(task: str, arch: str, encoder: str | None, bands: str, band_names
     band_arg: int | list[int] = parsed[0] if len(parsed) == 1 else parsed
     config = init_bundle(out, task=task, arch=arch, encoder=encoder, bands=band_arg, classes=classes,
                          band_names=band_names, tile_size=tile, ground_resolution_m=resolution,
-                         encoder_weights=encoder_weights)
+                         encoder_weights=encoder_weights, arch_params=params)
     click.echo(f"wrote {out} ({config.task}, {config.arch}/{config.encoder}, {config.in_channels} bands, "
                f"{len(config.classes)} classes)")
 

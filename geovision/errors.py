@@ -52,6 +52,10 @@ class VectorReadError(VectorError, OSError):
     """The vector file cannot be opened or read."""
 
 
+class VectorContentError(VectorError, ValueError):
+    """The vector layer has no usable features: wrong geometry type, no features or no CRS."""
+
+
 # --- model bundles ----------------------------------------------------------------
 
 

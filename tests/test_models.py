@@ -115,9 +115,9 @@ def test_arch_is_case_insensitive_and_params_apply() -> None:
     assert out.shape == (1, 2, 64, 64)
 
 
-def test_detection_not_available() -> None:
+def test_detection_config_goes_to_the_detection_registry() -> None:
     config = make_config(task="detection", n_classes=1)
-    with pytest.raises(ConfigError, match="detection models are not available yet"):
+    with pytest.raises(ConfigError, match="unknown detection architecture 'shallow'"):
         build_model(config)
     with pytest.raises(TaskMismatchError, match="detection"):
         SegmentationPredictor(config, {}, device="cpu")

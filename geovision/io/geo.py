@@ -32,7 +32,7 @@ from affine import Affine
 
 from geovision.errors import NoCRSError
 
-__all__ = ["area_method", "as_pyproj_crs", "ground_pixel_size_m", "linear_unit_m", "measure"]
+__all__ = ["area_method", "as_pyproj_crs", "distances_m", "ground_pixel_size_m", "linear_unit_m", "measure"]
 
 AreaMethod = Literal["planar", "geodesic"]
 
@@ -167,6 +167,33 @@ def _measure_geodesic(geoms: np.ndarray, crs: pyproj.CRS) -> tuple[np.ndarray, n
     area = np.abs(np.bincount(ring_owner, weights=ring_area, minlength=n))
     perimeter = np.bincount(ring_owner, weights=ring_perimeter, minlength=n)
     return area, perimeter
+
+
+def distances_m(start: np.ndarray, end: np.ndarray, crs: Any) -> np.ndarray:
+    """Ground distance in metres between pairs of points given in ``crs``.
+
+    Geodesic distances on the WGS84 ellipsoid for geodesic CRSs (see
+    :func:`area_method`), planar lengths times the unit factor otherwise.
+
+    Args:
+        start: ``(N, 2)`` ``(x, y)`` in ``crs``.
+        end: ``(N, 2)`` ``(x, y)`` in ``crs``.
+
+    Returns:
+        ``(N,)`` float64 metres.
+    """
+    start, end = np.asarray(start, dtype=np.float64).reshape(-1, 2), np.asarray(end, dtype=np.float64).reshape(-1, 2)
+    if len(start) == 0:
+        return np.zeros(0)
+    pcrs = as_pyproj_crs(crs)
+    method, unit = _method_and_unit(pcrs)
+    if method == "planar":
+        return np.hypot(*(end - start).T) * unit
+    to_lonlat = _to_lonlat(pcrs)
+    lon0, lat0 = to_lonlat.transform(start[:, 0], start[:, 1])
+    lon1, lat1 = to_lonlat.transform(end[:, 0], end[:, 1])
+    _, _, dist = _GEOD.inv(lon0, lat0, lon1, lat1)
+    return np.asarray(dist, dtype=np.float64)
 
 
 def ground_pixel_size_m(transform: Affine, crs: Any, height: int, width: int) -> tuple[float, float]:

@@ -28,11 +28,14 @@ class LayerSink:
         layer: layer name.
         crs: CRS of the layer; frames in another CRS are reprojected to it.
         empty: an empty frame with the layer's columns, written when nothing else was.
+        geometry_type: the layer's geometry type (``"Polygon"``, ``"Point"``).
     """
 
-    def __init__(self, path: str | os.PathLike[str], layer: str, crs, empty: gpd.GeoDataFrame) -> None:
+    def __init__(self, path: str | os.PathLike[str], layer: str, crs, empty: gpd.GeoDataFrame,
+                 geometry_type: str = "Polygon") -> None:
         self.path = Path(path)
         self.layer = layer
+        self.geometry_type = geometry_type
         self.crs = crs
         self._empty = empty
         self._started = False
@@ -84,7 +87,7 @@ class LayerSink:
                 self.path,
                 layer=self.layer,
                 driver="GPKG",
-                geometry_type="Polygon",
+                geometry_type=self.geometry_type,
             )
             self._started = True
 
@@ -92,15 +95,24 @@ class LayerSink:
         return pyogrio.read_dataframe(self.path, layer=self.layer)
 
 
-def export(scratch_gpkg: str | os.PathLike[str], layer: str, dst: str | os.PathLike[str]) -> None:
-    """Write the scratch layer to ``dst`` in the format its extension names."""
-    driver = vector_driver(dst)
-    if driver == "GPKG":
-        os.replace(scratch_gpkg, dst)
+def export(scratch_gpkg: str | os.PathLike[str], targets: list[tuple[str, str | os.PathLike[str], str]]) -> None:
+    """Write layers of the scratch GeoPackage to their outputs, then remove it.
+
+    Args:
+        scratch_gpkg: the scratch GeoPackage.
+        targets: ``(layer, destination, geometry type)`` per layer. Layers bound for
+            one ``.gpkg`` destination travel together: the scratch file is renamed
+            to it. Other formats hold one layer per file, converted here.
+    """
+    gpkg = [t for t in targets if vector_driver(t[1]) == "GPKG"]
+    if gpkg and len(gpkg) == len(targets) and len({str(t[1]) for t in targets}) == 1:
+        os.replace(scratch_gpkg, gpkg[0][1])
         return
-    frame = pyogrio.read_dataframe(scratch_gpkg, layer=layer)
-    if driver == "Parquet":
-        frame.to_parquet(dst)
-    else:
-        pyogrio.write_dataframe(frame, dst, driver=driver, layer=layer, geometry_type="Polygon")
+    for layer, dst, geometry_type in targets:
+        frame = pyogrio.read_dataframe(scratch_gpkg, layer=layer)
+        driver = vector_driver(dst)
+        if driver == "Parquet":
+            frame.to_parquet(dst)
+        else:
+            pyogrio.write_dataframe(frame, dst, driver=driver, layer=layer, geometry_type=geometry_type)
     Path(scratch_gpkg).unlink(missing_ok=True)

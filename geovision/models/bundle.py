@@ -595,6 +595,10 @@ def default_normalization(in_channels: int) -> Normalization:
     return Normalization(method="meanstd", mean=[127.5] * in_channels, std=[64.0] * in_channels)
 
 
+def _class_name(c: str | ClassInfo) -> str:
+    return c.name if isinstance(c, ClassInfo) else str(c)
+
+
 def init_bundle(
     path: str | os.PathLike[str],
     *,
@@ -618,13 +622,16 @@ def init_bundle(
 
     Args:
         path: the ``.safetensors`` file to write (replaced if it exists).
-        task: ``"segmentation"`` (``"detection"`` is not available yet).
-        arch: architecture name, see :func:`~geovision.models.registry.list_architectures`.
+        task: ``"segmentation"`` or ``"detection"``.
+        arch: architecture name: for segmentation see
+            :func:`~geovision.models.registry.list_architectures`; for detection
+            ``"fasterrcnn"``, ``"retinanet"`` or ``"fcos"``.
         encoder: encoder name; default ``"resnet18"``, or ``"none"`` for ``arch="shallow"``.
         bands: how many bands (read as raster bands ``1..n``), or the 1-based raster
             band indices to read, e.g. ``[4, 3, 2]``.
         classes: class names (or :class:`ClassInfo`) in output order; class 0 is the
-            background. Names get :func:`default_colors`.
+            background. Names get :func:`default_colors`. For detection a
+            ``"background"`` class is put first when the list does not start with one.
         band_names: a name per band; default ``["red", "green", "blue"]`` for 3 bands,
             else ``["band_<index>", ...]``.
         normalization: default :func:`default_normalization`: for 3 bands ``meanstd``
@@ -663,6 +670,9 @@ def init_bundle(
         encoder = "none" if arch.lower() == "shallow" else "resnet18"
     if normalization is None:
         normalization = default_normalization(n)
+    classes = list(classes)
+    if task == "detection" and (not classes or _class_name(classes[0]) != "background"):
+        classes = ["background", *classes]  # torchvision detectors reserve label 0 for the background
     colors = default_colors(len(classes))
     class_infos = [c if isinstance(c, ClassInfo) else {"name": c, "color": colors[i]} for i, c in enumerate(classes)]
     provenance: dict[str, Any] = {

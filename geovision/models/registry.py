@@ -189,17 +189,27 @@ def build_model(config: BundleConfig, encoder_weights: str | None = None) -> nn.
             ``None`` gives random weights and needs no network.
 
     Returns:
-        A module mapping ``(N, in_channels, H, W)`` float input to
-        ``(N, num_classes, H, W)`` logits. smp models want ``H`` and ``W`` divisible by 32.
+        Segmentation: a module mapping ``(N, in_channels, H, W)`` float input to
+        ``(N, num_classes, H, W)`` logits (smp models want ``H`` and ``W`` divisible
+        by 32). Detection: a torchvision detector (see :mod:`geovision.models.detection`).
 
     Raises:
         ConfigError: unknown architecture, encoder or parameter (the message lists the
-            valid names), a detection task, or pretrained weights that cannot be fetched.
+            valid names), or pretrained weights that cannot be fetched.
     """
     if config.task == "detection":
-        raise ConfigError(
-            "detection models are not available yet; use a segmentation bundle (task 'segmentation')"
-        )
+        from geovision.models.detection import backbone_weights, build_detector
+
+        weights = backbone_weights(config.encoder, encoder_weights) if encoder_weights else None
+        try:
+            return build_detector(config, weights)
+        except (OSError, RuntimeError) as exc:
+            if weights is None:
+                raise
+            raise ConfigError(
+                f"cannot fetch pretrained weights {encoder_weights!r} for backbone {config.encoder!r}: {exc}. "
+                "Connect to the internet once (torchvision caches them), or use encoder_weights=None."
+            ) from exc
     if config.arch.lower() == SHALLOW_ARCH:
         return _build_shallow(config)
     architectures = _smp_architectures()

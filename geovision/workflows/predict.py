@@ -1,11 +1,13 @@
-"""``geovision predict``: rasters in, class COG + probability COG + vector layer + summary out.
+"""``geovision predict``: rasters in, clean vector layers + COGs + summary out.
 
-Data flow (see docs/ARCHITECTURE.md)::
+The task comes from the bundle. Data flow (see docs/ARCHITECTURE.md)::
 
     TileGrid (pure)  ->  Dask readers (threads or cluster)  ->  batched model (main thread,
-    or the cluster's workers)  ->  stitcher thread: BlockAccumulator -> BlockWriter (scratch
-    GeoTIFF) + PolygonCollector -> LayerSink (scratch GeoPackage)  ->  COG copies, vector
-    export, summary  ->  atomic rename of every output
+    or the cluster's workers)  ->  stitcher thread, the task's consumer:
+        segmentation: BlockAccumulator -> BlockWriter (scratch GeoTIFF) + PolygonCollector
+        detection:    DetectionMerger -> box polygons (+ centroids, zone counts)
+    -> LayerSink (scratch GeoPackage)  ->  COG copies, vector export, summary
+    ->  atomic rename of every output
 
 The main thread only runs the model; reading happens ahead of it on Dask
 threads and stitching/writing behind it on a stitcher thread, so the model
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from affine import Affine
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from geovision.errors import ConfigError, NodataOnlyError, TaskMismatchError, warn
@@ -53,7 +56,7 @@ class PredictOptions(BaseModel):
     model: str
     out: str
     tile: int | None = Field(default=None, description="tile edge in pixels; default: the bundle's")
-    overlap: int = Field(default=64, ge=0)
+    overlap: int | None = Field(default=None, ge=0, description="pixels; default 64, or a quarter of a smaller tile")
     batch_size: int = Field(default=4, ge=1)
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -61,10 +64,23 @@ class PredictOptions(BaseModel):
     min_area: float | None = Field(default=None, ge=0, description="m²")
     simplify: float | None = Field(default=None, ge=0, description="metres")
     probabilities: bool = False
+    task: Literal["segmentation", "detection"] | None = Field(
+        default=None, description="refuse a bundle of another task; default: the bundle's task")
+    score_threshold: float | None = Field(default=None, ge=0, le=1, description="detection; default 0.5")
+    points: bool = False
+    zones: str | None = None
+    nms_iou: float = Field(default=0.5, gt=0, le=1)
+    match_iou: float = Field(default=0.5, gt=0, le=1)
+    box_fusion: Literal["best", "wbf"] = "best"
     scheduler: str | None = None
     workers: int | None = Field(default=None, ge=1)
     overwrite: bool = False
     progress: bool = True
+
+    @field_validator("zones", mode="before")
+    @classmethod
+    def _path_to_str(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
 
     @field_validator("tile")
     @classmethod
@@ -79,7 +95,7 @@ class RasterRun:
     """Counters and outputs of one input raster."""
 
     info: RasterInfo
-    classes_path: Path
+    classes_path: Path | None
     probabilities_path: Path | None
     tiles_total: int = 0
     tiles_processed: int = 0
@@ -95,6 +111,9 @@ class PredictResult:
     class_rasters: list[Path]
     probability_rasters: list[Path]
     summary: dict[str, Any] = field(default_factory=dict)
+    #: extra vector outputs by layer name (``points``, ``zones``); the same file as
+    #: ``vector_path`` for a GeoPackage, siblings for single-layer formats
+    layers: dict[str, Path] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- workers
@@ -107,27 +126,32 @@ _WORKER_LOCK = threading.Lock()
 def _worker_predictor(bundle_bytes: bytes, digest: str, device: str, precision: str):
     """The predictor for a bundle sent as raw safetensors bytes, loaded once per worker process."""
     from geovision.models.bundle import load_bundle_bytes
-    from geovision.models.segmentation import SegmentationPredictor
+    from geovision.models.predictor import make_predictor
 
     key = (digest, device, precision)
     with _WORKER_LOCK:
         if key not in _WORKER_PREDICTORS:
             config, state = load_bundle_bytes(bundle_bytes, f"bundle {digest}")
-            _WORKER_PREDICTORS[key] = SegmentationPredictor(config, state, device=device, precision=precision)
+            _WORKER_PREDICTORS[key] = make_predictor(config, state, device=device, precision=precision)
         return _WORKER_PREDICTORS[key]
 
 
 def _read_and_predict(
     info: RasterInfo, tile_size: int, bundle_bytes: bytes, digest: str, device: str, precision: str,
     tiles: Sequence[Tile],
-) -> tuple[list[tuple[Tile, np.ndarray, np.ndarray]], list[Tile]]:
-    """Cluster task: read a batch and run the model on the worker; returns probabilities."""
+) -> tuple[list[tuple[Tile, Any, np.ndarray | None]], list[Tile]]:
+    """Cluster task: read a batch and run the model on the worker.
+
+    Returns ``(tile, output, valid)`` per tile read (probabilities and validity for
+    segmentation; boxes, and no validity, for detection) and the skipped tiles.
+    """
     read, skipped = read_tiles(info, tiles, tile_size)
     if not read:
         return [], skipped
     predictor = _worker_predictor(bundle_bytes, digest, device, precision)
-    probs = predictor.predict(np.stack([t.data for t in read]), np.stack([t.valid for t in read]))
-    return [(t.tile, p, t.valid) for t, p in zip(read, probs)], skipped
+    outs = predictor.predict(np.stack([t.data for t in read]), np.stack([t.valid for t in read]))
+    keep_valid = predictor.task == "segmentation"
+    return [(t.tile, o, t.valid if keep_valid else None) for t, o in zip(read, outs)], skipped
 
 
 def _read(info: RasterInfo, tile_size: int, tiles: Sequence[Tile]) -> tuple[list[TileData], list[Tile]]:
@@ -137,15 +161,45 @@ def _read(info: RasterInfo, tile_size: int, tiles: Sequence[Tile]) -> tuple[list
 # --------------------------------------------------------------------------- stitcher
 
 
-class _Stitcher(threading.Thread):
-    """Consumes tile probabilities, finishes blocks, writes them and vectorises them."""
+class _SegmentationConsumer:
+    """Blends tile probabilities into blocks, writes them and vectorises them."""
 
     def __init__(self, accumulator: BlockAccumulator, classes: BlockWriter, probs: BlockWriter | None,
                  collector, sink: LayerSink) -> None:
-        super().__init__(name="geovision-stitcher", daemon=True)
-        self.inbox: queue.Queue = queue.Queue(maxsize=8)
         self.accumulator, self.classes, self.probs = accumulator, classes, probs
         self.collector, self.sink = collector, sink
+
+    def add(self, tile: Tile, probabilities: np.ndarray, valid: np.ndarray) -> None:
+        for block in self.accumulator.add(tile, probabilities, valid):
+            self._write(block)
+
+    def skip(self, tile: Tile) -> None:
+        for block in self.accumulator.skip(tile):
+            self._write(block)
+
+    def finish(self) -> None:
+        self.accumulator.check_complete()
+        self.sink.append(self.collector.finish())
+
+    def close(self) -> None:
+        self.classes.close()
+        if self.probs is not None:
+            self.probs.close()
+
+    def _write(self, block: FinishedBlock) -> None:
+        self.classes.write(block.window, block.classes)
+        if self.probs is not None:
+            self.probs.write(block.window, probability_to_uint8(block.probabilities, block.valid))
+        self.sink.append(self.collector.add_block(block.window, block.classes, block.probabilities))
+
+
+class _Stitcher(threading.Thread):
+    """Feeds model outputs to the task's consumer behind the model, on its own thread."""
+
+    def __init__(self, consumer) -> None:
+        super().__init__(name="geovision-stitcher", daemon=True)
+        self.inbox: queue.Queue = queue.Queue(maxsize=8)
+        self.consumer = consumer
         self.error: BaseException | None = None
         #: set by the producer when it failed: skip the final merge, just drain
         self.aborted = False
@@ -158,24 +212,18 @@ class _Stitcher(threading.Thread):
             if self.error is not None:
                 continue  # keep draining so the producer never blocks
             try:
-                for kind, tile, p, v in item:
-                    done = self.accumulator.add(tile, p, v) if kind == "add" else self.accumulator.skip(tile)
-                    for block in done:
-                        self._write(block)
+                for kind, tile, out, valid in item:
+                    if kind == "add":
+                        self.consumer.add(tile, out, valid)
+                    else:
+                        self.consumer.skip(tile)
             except BaseException as exc:  # handed to the main thread
                 self.error = exc
         if self.error is None and not self.aborted:
             try:
-                self.accumulator.check_complete()
-                self.sink.append(self.collector.finish())
+                self.consumer.finish()
             except BaseException as exc:
                 self.error = exc
-
-    def _write(self, block: FinishedBlock) -> None:
-        self.classes.write(block.window, block.classes)
-        if self.probs is not None:
-            self.probs.write(block.window, probability_to_uint8(block.probabilities, block.valid))
-        self.sink.append(self.collector.add_block(block.window, block.classes, block.probabilities))
 
     def put(self, items: list) -> None:
         if self.error is not None:
@@ -230,16 +278,23 @@ def predict(
     out: str | os.PathLike[str],
     **options: Any,
 ) -> PredictResult:
-    """Segment one or more rasters with a model bundle.
+    """Segment, or detect objects in, one or more rasters with a model bundle.
+
+    The bundle's task decides. Segmentation writes polygons per class,
+    ``<stem>.classes.tif`` and (with ``probabilities=True``) ``<stem>.probabilities.tif``.
+    Detection writes one box polygon per object, merged across tiles, and with
+    ``points=True`` a ``points`` layer of centres, with ``zones=PATH`` a ``zones``
+    layer of counts and densities per zone (in the GeoPackage, or as
+    ``<stem>.points.<ext>`` / ``<stem>.zones.<ext>`` for single-layer formats).
 
     Args:
         rasters: raster path(s): GeoTIFF, COG, VRT or any GDAL path (``/vsis3/...``).
         model: ``.safetensors`` bundle (see ``geovision model init``).
         out: vector output; the extension picks the format (``.gpkg``, ``.geojson``,
-            ``.fgb``, ``.parquet``). ``<stem>.classes.tif``, ``<stem>.probabilities.tif``
-            (with ``probabilities=True``) and ``<stem>.summary.json`` are written beside it.
+            ``.fgb``, ``.parquet``). ``<stem>.summary.json`` is written beside it.
         **options: any field of :class:`PredictOptions` (tile, overlap, batch_size, device,
-            precision, bands, min_area, simplify, probabilities, scheduler, workers,
+            precision, bands, min_area, simplify, probabilities, task, score_threshold,
+            points, zones, nms_iou, match_iou, box_fusion, scheduler, workers,
             overwrite, progress).
 
     Returns:
@@ -255,19 +310,43 @@ def predict(
     return run_predict(opts)
 
 
+_DETECTION_ONLY = ("points", "zones", "score_threshold")
+
+
+def _check_task(opts: PredictOptions, config) -> None:
+    """The bundle's task fits the command and its options."""
+    if opts.task and opts.task != config.task:
+        raise TaskMismatchError(
+            f"{opts.model}: this bundle is a {config.task} model but {opts.task} was asked for "
+            f"(--task {opts.task}). Use a {opts.task} bundle, or drop --task."
+        )
+    if config.task == "segmentation":
+        used = [n for n in _DETECTION_ONLY if getattr(opts, n) not in (None, False)]
+        if used:
+            flags = ", ".join("--" + n.replace("_", "-") for n in used)
+            raise TaskMismatchError(
+                f"{opts.model}: {flags} work with detection bundles, but this bundle is a segmentation "
+                "model. Use a detection bundle, or drop those options."
+            )
+    elif opts.probabilities or opts.simplify:
+        flags = ", ".join(f for f, on in (("--probabilities", opts.probabilities), ("--simplify", opts.simplify)) if on)
+        raise TaskMismatchError(
+            f"{opts.model}: {flags} work with segmentation bundles, but this bundle is a detection model "
+            "(its outputs are boxes). Use a segmentation bundle, or drop those options."
+        )
+
+
 def run_predict(opts: PredictOptions) -> PredictResult:
     from geovision.models.bundle import load_bundle
-    from geovision.stitching.vectorize import PolygonCollector
 
     t0 = time.perf_counter()
     vector_driver(opts.out)  # unknown extension -> error before any work
     config, state = load_bundle(opts.model)
-    if config.task != "segmentation":
-        raise TaskMismatchError(
-            f"{opts.model}: this bundle is a {config.task} model; `predict` segments with segmentation "
-            "bundles here. Use a segmentation bundle."
-        )
+    _check_task(opts, config)
+    detection = config.task == "detection"
     tile_size = opts.tile or config.tile_size
+    if opts.overlap is None:
+        opts = opts.model_copy(update={"overlap": min(64, tile_size // 4)})
     if opts.overlap >= tile_size // 2:
         raise ConfigError(f"overlap {opts.overlap} must be less than half the tile ({tile_size}); lower --overlap.")
 
@@ -275,16 +354,33 @@ def run_predict(opts: PredictOptions) -> PredictResult:
     infos = [open_raster(path, bands, config.in_channels, bands_from=bands_from) for path in opts.rasters]
     resolutions = [_resolution_check(info, config.ground_resolution_m) for info in infos]
     multi = len(infos) > 1
+    crs = infos[0].crs
+    zones = None
+    if opts.zones:
+        from geovision.io.zones import Zones
 
-    outputs = AtomicOutputs(opts.rasters, opts.overwrite)
+        zones = Zones.read(opts.zones, crs, config.class_names[1:])
+        zones.check_overlap(_union_bounds(infos))
+
+    outputs = AtomicOutputs(opts.rasters + ([opts.zones] if opts.zones else []), opts.overwrite)
     with outputs:
         vector_tmp = outputs.add(opts.out)
         summary_path = sibling(opts.out, ".summary.json")
         summary_tmp = outputs.add(summary_path)
+        # extra layers: inside the GeoPackage, or siblings for single-layer formats
+        layer_paths: dict[str, Path] = {}
+        layer_tmps: dict[str, Path] = {}
+        for name, on in (("points", opts.points), ("zones", zones is not None)):
+            if on:
+                if vector_driver(opts.out) == "GPKG":
+                    layer_paths[name], layer_tmps[name] = Path(opts.out), vector_tmp
+                else:
+                    layer_paths[name] = sibling(opts.out, f".{name}{Path(opts.out).suffix}")
+                    layer_tmps[name] = outputs.add(layer_paths[name])
         runs: list[RasterRun] = []
         for info in infos:
             stem = f".{Path(info.path).stem}" if multi else ""
-            cpath = sibling(opts.out, f"{stem}.classes.tif")
+            cpath = None if detection else sibling(opts.out, f"{stem}.classes.tif")
             ppath = sibling(opts.out, f"{stem}.probabilities.tif") if opts.probabilities else None
             runs.append(RasterRun(info, cpath, ppath))
         # final COG path -> (temporary COG, scratch GeoTIFF written block by block)
@@ -296,11 +392,7 @@ def run_predict(opts: PredictOptions) -> PredictResult:
                     cog_tmps[final] = (tmp, outputs.scratch(tmp, ".scratch.tif"))
 
         scratch_gpkg = outputs.scratch(vector_tmp, ".scratch.gpkg")
-        empty = PolygonCollector(
-            class_names=[c.name for c in config.classes], skip_classes=(), raster_height=1,
-            raster_width=1, transform=infos[0].affine, crs=infos[0].crs,
-        ).empty()
-        sink = LayerSink(scratch_gpkg, LAYER, infos[0].crs, empty)
+        sinks = _Sinks.open(scratch_gpkg, config, crs, opts.points)
 
         grids = [TileGrid(i.height, i.width, tile_size, opts.overlap) for i in infos]
         total_tiles = sum(len(g) for g in grids)
@@ -311,17 +403,22 @@ def run_predict(opts: PredictOptions) -> PredictResult:
             remote = bool(opts.scheduler)
             predictor = None
             if not remote:
-                from geovision.models.segmentation import SegmentationPredictor
+                from geovision.models.predictor import make_predictor
 
-                predictor = SegmentationPredictor(config, state, device=opts.device, precision=opts.precision)
+                predictor = make_predictor(config, state, device=opts.device, precision=opts.precision,
+                                           source=opts.model)
             else:
                 raw = Path(opts.model).read_bytes()
                 digest = hashlib.sha256(raw).hexdigest()[:16]
                 [bundle_future] = client.scatter([raw], broadcast=True)
             for run, grid in zip(runs, grids):
-                _segment_raster(run, grid, config, opts, client, predictor,
-                                (bundle_future, digest) if remote else None,
-                                cog_tmps, sink, progress, tile_size)
+                if detection:
+                    consumer = _detection_consumer(run, grid, config, opts, sinks, zones)
+                else:
+                    consumer = _segmentation_consumer(run, grid, config, opts, cog_tmps, sinks.main)
+                _run_raster(run, grid, consumer, opts, client, predictor,
+                            (bundle_future, digest) if remote else None, progress, tile_size)
+                _finish_cogs(run, cog_tmps)
         finally:
             client.close()
             if hasattr(client, "cluster") and client.cluster is not None and not opts.scheduler:
@@ -333,32 +430,94 @@ def run_predict(opts: PredictOptions) -> PredictResult:
                 f"{', '.join(opts.rasters)}: every pixel is nodata, so there is nothing to predict. "
                 "Check the nodata value (gdalinfo) and the --bands chosen."
             )
-        sink.close()
-        export(scratch_gpkg, LAYER, vector_tmp)
+        sinks.close(zones)
+        targets = [(LAYER, vector_tmp, "Polygon")]
+        if opts.points:
+            targets.append(("points", layer_tmps["points"], "Point"))
+        if zones is not None:
+            targets.append(("zones", layer_tmps["zones"], "MultiPolygon"))
+        export(scratch_gpkg, targets)
         elapsed = time.perf_counter() - t0
-        summary = _summary(opts, config, runs, resolutions, sink, elapsed)
+        summary = _summary(opts, config, runs, resolutions, sinks.main, elapsed)
+        if zones is not None:
+            summary["zones"] = zones.summary()
+            summary["outputs"]["zones"] = str(layer_paths["zones"])
+        if opts.points:
+            summary["outputs"]["points"] = str(layer_paths["points"])
         summary_tmp.write_text(json.dumps(summary, indent=2))
         outputs.commit()
     if opts.progress:
         print(format_table(summary))
     return PredictResult(
         vector_path=Path(opts.out), summary_path=summary_path,
-        class_rasters=[r.classes_path for r in runs],
+        class_rasters=[r.classes_path for r in runs if r.classes_path],
         probability_rasters=[r.probabilities_path for r in runs if r.probabilities_path],
-        summary=summary,
+        summary=summary, layers=layer_paths,
     )
 
 
-def _segment_raster(run: RasterRun, grid: TileGrid, config, opts: PredictOptions, client, predictor,
-                    remote, cog_tmps: dict, sink: LayerSink, progress, tile_size: int) -> None:
+def _union_bounds(infos: Sequence[RasterInfo]) -> tuple[float, float, float, float]:
+    """The rasters' extent in the first raster's CRS."""
+    from rasterio.warp import transform_bounds
+
+    boxes = []
+    for info in infos:
+        a = info.affine
+        xs = [a.c, a.c + a.a * info.width + a.b * info.height, a.c + a.a * info.width, a.c + a.b * info.height]
+        ys = [a.f, a.f + a.d * info.width + a.e * info.height, a.f + a.d * info.width, a.f + a.e * info.height]
+        bounds = (min(xs), min(ys), max(xs), max(ys))
+        if not info.crs == infos[0].crs:
+            bounds = transform_bounds(info.crs, infos[0].crs, *bounds)
+        boxes.append(bounds)
+    b = np.asarray(boxes)
+    return float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())
+
+
+@dataclass
+class _Sinks:
+    """The run's vector layers, streamed into one scratch GeoPackage."""
+
+    path: Path
+    main: LayerSink
+    points: LayerSink | None
+
+    @classmethod
+    def open(cls, path: Path, config, crs, points: bool) -> _Sinks:
+        if config.task == "detection":
+            from geovision.workflows.detect import empty_frame, point_frame
+
+            empty = empty_frame(crs)
+            point_sink = LayerSink(path, "points", crs, point_frame(empty), geometry_type="Point") if points else None
+        else:
+            from geovision.stitching.vectorize import PolygonCollector
+
+            empty = PolygonCollector(
+                class_names=config.class_names, skip_classes=(), raster_height=1, raster_width=1,
+                transform=Affine.identity(), crs=crs,
+            ).empty()
+            point_sink = None
+        return cls(path, LayerSink(path, LAYER, crs, empty), point_sink)
+
+    def close(self, zones) -> None:
+        self.main.close()
+        if self.points is not None:
+            self.points.close()
+        if zones is not None:
+            import pyogrio
+
+            pyogrio.write_dataframe(zones.frame(), self.path, layer="zones", driver="GPKG",
+                                    promote_to_multi=True)
+
+
+def _segmentation_consumer(run: RasterRun, grid: TileGrid, config, opts: PredictOptions, cog_tmps: dict,
+                           sink: LayerSink) -> _SegmentationConsumer:
     from geovision.stitching.vectorize import PolygonCollector
 
     info = run.info
-    tiles = grid.tiles
-    run.tiles_total = len(tiles)
     blocks = BlockGrid(info.height, info.width, BLOCK_SIZE)
-    accumulator = BlockAccumulator(blocks, tiles, len(config.classes), ramp=opts.overlap)
-    class_names = [c.name for c in config.classes]
+    accumulator = BlockAccumulator(blocks, grid.tiles, len(config.classes), ramp=opts.overlap)
+    class_names = config.class_names
+    assert run.classes_path is not None
     classes_writer = BlockWriter(
         cog_tmps[run.classes_path][1], info, count=1, dtype="uint8", nodata=CLASS_NODATA, descriptions=["class"],
         colormap={i: hex_to_rgba(c.color) for i, c in enumerate(config.classes)},
@@ -375,7 +534,26 @@ def _segment_raster(run: RasterRun, grid: TileGrid, config, opts: PredictOptions
         transform=info.affine, crs=info.crs, nodata=CLASS_NODATA, simplify_m=opts.simplify,
         min_area_m2=opts.min_area, source=Path(info.path).name,
     )
-    stitcher = _Stitcher(accumulator, classes_writer, probs_writer, collector, sink)
+    return _SegmentationConsumer(accumulator, classes_writer, probs_writer, collector, sink)
+
+
+def _detection_consumer(run: RasterRun, grid: TileGrid, config, opts: PredictOptions, sinks: _Sinks, zones):
+    from geovision.stitching.boxes import DetectionMerger
+    from geovision.workflows.detect import DetectionConsumer
+
+    merger = DetectionMerger(grid, match_iou=opts.match_iou, nms_iou=opts.nms_iou, fusion=opts.box_fusion)
+    threshold = 0.5 if opts.score_threshold is None else opts.score_threshold
+    return DetectionConsumer(merger, run.info.affine, run.info.crs, config.class_names, sinks.main, sinks.points,
+                             zones, threshold, opts.min_area, Path(run.info.path).name)
+
+
+def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, client, predictor,
+                remote, progress, tile_size: int) -> None:
+    """Stream one raster's tiles through reading, the model and the consumer."""
+    info = run.info
+    tiles = grid.tiles
+    run.tiles_total = len(tiles)
+    stitcher = _Stitcher(consumer)
     stitcher.start()
     prefetch = max(2, 2 * (opts.workers or 2))
     try:
@@ -385,30 +563,39 @@ def _segment_raster(run: RasterRun, grid: TileGrid, config, opts: PredictOptions
             results = stream(client, _read_and_predict, batches, info, tile_size, bundle_future, digest,
                              opts.device, opts.precision, prefetch=prefetch)
             for batch, (done, skipped) in results:
-                items = [("add", t, p, v) for t, p, v in done] + [("skip", t, None, None) for t in skipped]
+                items = [("add", t, o, v) for t, o, v in done] + [("skip", t, None, None) for t in skipped]
                 _account(run, progress, len(done), len(skipped), batch)
-                stitcher.put(items)
+                stitcher.put(_in_grid_order(items, batch))
         else:
             for batch, (read, skipped) in stream(client, _read, batches, info, tile_size, prefetch=prefetch):
                 items: list = [("skip", t, None, None) for t in skipped]
                 if read:
-                    probs = predictor.predict(np.stack([t.data for t in read]), np.stack([t.valid for t in read]))
-                    items += [("add", t.tile, p, t.valid) for t, p in zip(read, probs)]
+                    outs = predictor.predict(np.stack([t.data for t in read]), np.stack([t.valid for t in read]))
+                    items += [("add", t.tile, o, t.valid) for t, o in zip(read, outs)]
                 _account(run, progress, len(read), len(skipped), batch)
-                stitcher.put(items)
+                stitcher.put(_in_grid_order(items, batch))
     except BaseException:
         stitcher.aborted = True
         raise
     finally:
         stitcher.inbox.put(None)
         stitcher.join()
-        classes_writer.close()
-        if probs_writer is not None:
-            probs_writer.close()
+        consumer.close()
     if stitcher.error is not None:
         raise stitcher.error
-    cog, scratch = cog_tmps[run.classes_path]
-    to_cog(scratch, cog, resampling="NEAREST")
+
+
+def _in_grid_order(items: list, batch: Sequence[Tile]) -> list:
+    """Stitcher items in the batch's (grid) order: the detection merger wants tiles row-major."""
+    rank = {tile.index: k for k, tile in enumerate(batch)}
+    return sorted(items, key=lambda item: rank[item[1].index])
+
+
+def _finish_cogs(run: RasterRun, cog_tmps: dict) -> None:
+    """Copy the block-written scratch GeoTIFFs of a raster into COGs with overviews."""
+    if run.classes_path is not None:
+        cog, scratch = cog_tmps[run.classes_path]
+        to_cog(scratch, cog, resampling="NEAREST")
     if run.probabilities_path is not None:
         cog, scratch = cog_tmps[run.probabilities_path]
         to_cog(scratch, cog, resampling="AVERAGE")
@@ -462,7 +649,7 @@ def _summary(opts: PredictOptions, config, runs: list[RasterRun], resolutions: l
              "bands": list(r.info.bands), "crs": r.info.crs.to_string(),
              "pixel_size_m": round(res, 6), "tiles": r.tiles_total,
              "tiles_processed": r.tiles_processed, "tiles_skipped": r.tiles_skipped,
-             "classes_raster": str(r.classes_path),
+             "classes_raster": str(r.classes_path) if r.classes_path else None,
              "probabilities_raster": str(r.probabilities_path) if r.probabilities_path else None}
             for r, res in zip(runs, resolutions)
         ],
