@@ -60,3 +60,11 @@ def raster_factory(tmp_path: Path):
         return write_raster(tmp_path / name, data, **kw)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def square_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real detection bundle: FCOS/tiny trained here on bright squares (about 25 s, once per session)."""
+    from detection_util import train_square_detector
+
+    return train_square_detector(tmp_path_factory.mktemp("detector") / "squares.safetensors")

@@ -36,3 +36,32 @@ def test_local_cluster_equals_local_run(tmp_path: Path) -> None:
     assert fa.geometry.normalize().equals(fb.geometry.normalize())
     assert local.summary["tiles_skipped"] == remote.summary["tiles_skipped"] > 0
     assert local.summary["classes"] == remote.summary["classes"]
+
+
+@pytest.mark.slow
+def test_local_cluster_detection_equals_local_run(tmp_path: Path, square_detector: Path) -> None:
+    """Workers read and detect; the client merges: the same boxes, scores and counts as locally."""
+    from distributed import LocalCluster
+
+    from test_detect import OVERLAP, TILE, seam_scene
+
+    img, truth = seam_scene(400, 450, seed=5)
+    img[:, :140, :140] = 0  # a nodata corner: the first tile is skipped on both sides
+    raster = write_raster(tmp_path / "squares.tif", img, nodata=0)
+    local = predict(raster, square_detector, tmp_path / "local.gpkg", tile=TILE, overlap=OVERLAP, points=True,
+                    progress=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        remote = predict(raster, square_detector, tmp_path / "cluster.gpkg", tile=TILE, overlap=OVERLAP,
+                         points=True, scheduler=cluster.scheduler_address, progress=False)
+    fa, fb = gpd.read_file(local.vector_path), gpd.read_file(remote.vector_path)
+    assert len(fa) == len(fb) > 20
+
+    def ordered(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        bounds = frame.geometry.bounds.round(3)
+        return frame.loc[bounds.sort_values(["minx", "miny", "maxx", "maxy"]).index].reset_index(drop=True)
+
+    fa, fb = ordered(fa), ordered(fb)
+    assert fa.geometry.normalize().equals(fb.geometry.normalize())
+    np.testing.assert_allclose(fa["score"], fb["score"], rtol=1e-6)
+    assert local.summary["classes"] == remote.summary["classes"]
+    assert local.summary["tiles_skipped"] == remote.summary["tiles_skipped"] > 0

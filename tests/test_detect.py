@@ -13,7 +13,7 @@ import shapely
 import torch
 from click.testing import CliRunner
 from conftest import UTM, write_raster
-from detection_util import DARK, paint_squares, train_square_detector
+from detection_util import DARK, paint_squares
 from models_util import bright_object_bundle
 
 import geovision
@@ -126,8 +126,8 @@ def match(found: gpd.GeoDataFrame, truth: list[tuple[int, int, int, int]]) -> tu
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_square_detector(tmp_path_factory.mktemp("detector") / "squares.safetensors")
+def detector(square_detector: Path) -> Path:
+    return square_detector
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from geovision.errors import ConfigError, TaskMismatchError
 from geovision.models.bundle import BundleConfig, load_bundle
 from geovision.models.registry import build_model, load_weights
 
-__all__ = ["Precision", "TilePredictor", "make_predictor", "resolve_device", "resolve_precision"]
+__all__ = ["Normalizer", "Precision", "TilePredictor", "make_predictor", "resolve_device", "resolve_precision"]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -168,7 +168,7 @@ class TilePredictor:
         if channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
-        self._offset, self._scale, self._centre, self._clip = _normalization_arrays(config)
+        self.normalizer = Normalizer(config)
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike[str], **kwargs: Any) -> Any:
@@ -186,6 +186,34 @@ class TilePredictor:
         )
 
     def normalize(self, tiles: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Raw tile values to model input (see :class:`Normalizer`)."""
+        return self.normalizer(tiles, valid)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast at :attr:`dtype` on :attr:`device`, or nothing for float32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def predict(self, tiles: np.ndarray, valid: np.ndarray | None = None) -> Any:
+        """Run the model on ``(N, B, H, W)`` raw tiles; what comes back depends on the task."""
+        raise NotImplementedError
+
+
+class Normalizer:
+    """Raw band values to model input with a bundle's normalisation (shared by inference and training).
+
+    Args:
+        config: the bundle configuration (``normalization``, ``in_channels``, ``bands``).
+    """
+
+    def __init__(self, config: BundleConfig) -> None:
+        self.in_channels = config.in_channels
+        self.band_names = list(config.band_names)
+        self.bands = list(config.bands)
+        self._offset, self._scale, self._centre, self._clip = _normalization_arrays(config)
+
+    def __call__(self, tiles: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Raw tile values to model input.
 
         Invalid pixels (``valid`` false, or not finite) are first set to the band's
@@ -208,10 +236,10 @@ class TilePredictor:
         if tiles.ndim != 4:
             raise ValueError(f"tiles must be (N, bands, rows, cols), got shape {tiles.shape}")
         n, b, h, w = tiles.shape
-        if b != self.config.in_channels:
+        if b != self.in_channels:
             raise ValueError(
-                f"tiles have {b} band(s) but the model takes {self.config.in_channels} "
-                f"({', '.join(self.config.band_names)}); read bands {self.config.bands}"
+                f"tiles have {b} band(s) but the model takes {self.in_channels} "
+                f"({', '.join(self.band_names)}); read bands {self.bands}"
             )
         x = tiles.astype(np.float32, copy=True)
         invalid = ~np.isfinite(x)
@@ -227,16 +255,6 @@ class TilePredictor:
         if self._clip:
             np.clip(x, 0.0, 1.0, out=x)
         return x
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast at :attr:`dtype` on :attr:`device`, or nothing for float32."""
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-
-    def predict(self, tiles: np.ndarray, valid: np.ndarray | None = None) -> Any:
-        """Run the model on ``(N, B, H, W)`` raw tiles; what comes back depends on the task."""
-        raise NotImplementedError
 
 
 def make_predictor(config: BundleConfig, state_dict: Mapping[str, torch.Tensor], **kwargs: Any) -> TilePredictor:

@@ -11,6 +11,7 @@ and the zone counts at once. Nothing is kept per object once it is written.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -130,18 +131,29 @@ class DetectionConsumer:
         self.sink, self.points, self.zones = sink, points, zones
         self.score_threshold, self.min_area_m2, self.source = score_threshold, min_area_m2, source
         self._zone_class = {c: i for i, c in enumerate(range(1, len(self.class_names)))}
+        #: seconds spent in the merger (for the summary and the benchmark)
+        self.merge_seconds = 0.0
 
     def add(self, tile: Tile, output: tuple[np.ndarray, np.ndarray, np.ndarray], valid: Any) -> None:
         boxes, scores, labels = output
         keep = (scores >= self.score_threshold) & (labels > 0)
         boxes = boxes[keep] + np.array([tile.window.col_off, tile.window.row_off] * 2, dtype=np.float64)
-        self._emit(self.merger.add(tile, boxes, scores[keep], labels[keep]))
+        t0 = time.perf_counter()
+        merged = self.merger.add(tile, boxes, scores[keep], labels[keep])
+        self.merge_seconds += time.perf_counter() - t0
+        self._emit(merged)
 
     def skip(self, tile: Tile) -> None:
-        self._emit(self.merger.skip(tile))
+        t0 = time.perf_counter()
+        merged = self.merger.skip(tile)
+        self.merge_seconds += time.perf_counter() - t0
+        self._emit(merged)
 
     def finish(self) -> None:
-        self._emit(self.merger.finish())
+        t0 = time.perf_counter()
+        merged = self.merger.finish()
+        self.merge_seconds += time.perf_counter() - t0
+        self._emit(merged)
 
     def close(self) -> None:
         """Nothing to close: the sinks belong to the run."""

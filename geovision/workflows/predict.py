@@ -100,6 +100,7 @@ class RasterRun:
     tiles_total: int = 0
     tiles_processed: int = 0
     tiles_skipped: int = 0
+    merge_seconds: float = 0.0
 
 
 @dataclass
@@ -418,6 +419,7 @@ def run_predict(opts: PredictOptions) -> PredictResult:
                     consumer = _segmentation_consumer(run, grid, config, opts, cog_tmps, sinks.main)
                 _run_raster(run, grid, consumer, opts, client, predictor,
                             (bundle_future, digest) if remote else None, progress, tile_size)
+                run.merge_seconds = getattr(consumer, "merge_seconds", 0.0)
                 _finish_cogs(run, cog_tmps)
         finally:
             client.close()
@@ -662,6 +664,7 @@ def _summary(opts: PredictOptions, config, runs: list[RasterRun], resolutions: l
         "tiles_processed": sum(r.tiles_processed for r in runs),
         "tiles_skipped": sum(r.tiles_skipped for r in runs),
         "elapsed_s": round(elapsed, 3),
+        **({"merge_seconds": round(sum(r.merge_seconds for r in runs), 3)} if config.task == "detection" else {}),
         "megapixels": round(megapixels, 3),
         "megapixels_per_second": round(megapixels / elapsed, 3) if elapsed > 0 else None,
     }
