@@ -115,6 +115,63 @@ def demo(out: str, size: int, quiet: bool) -> None:
     run_demo(out, size=size, progress=not quiet)
 
 
+@main.command()
+@click.option("--images", "-i", multiple=True, required=True, help="Training raster (repeat for several).")
+@click.option("--labels", "-l", required=True, help="Vector labels: GeoPackage, GeoJSON, Shapefile, ...")
+@click.option("--class-field", default=None,
+              help="Field of the labels that holds the class name (none: one class, named by --classes).")
+@click.option("--task", type=click.Choice(["segmentation", "detection"]), default="segmentation", show_default=True)
+@click.option("--out", "-o", required=True, help="Bundle to write (.safetensors).")
+@click.option("--aoi", default=None, help="Polygons where labelling is complete (unlabelled there = background).")
+@click.option("--classes", callback=_str_list, default=None, help="Class names in order (default: the field's values, sorted).")
+@click.option("--bands", callback=_int_list, default=None, help="1-based bands to train on (default: all).")
+@click.option("--arch", default=None, help="Architecture (default unet; detection fasterrcnn).")
+@click.option("--encoder", default=None, help="Encoder/backbone (default resnet18).")
+@click.option("--pretrained", type=click.Choice(["imagenet", "none"]), default="none", show_default=True,
+              help="ImageNet encoder weights (offline for tu-tf_efficientnet_lite0, else downloaded).")
+@click.option("--init", default=None, help="Fine-tune this bundle instead of starting afresh.")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--tile", type=int, default=256, show_default=True, help="Chip size in pixels (multiple of 32).")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW, cosine).")
+@click.option("--augment", type=click.Choice(["none", "light", "strong"]), default="light", show_default=True)
+@click.option("--loss", type=click.Choice(["dice_ce", "ce", "focal", "dice_focal"]), default="dice_ce",
+              show_default=True, help="Segmentation loss.")
+@click.option("--class-weights", type=click.Choice(["none", "auto"]), default="none", show_default=True,
+              help="auto: weight classes by inverse square-root pixel frequency.")
+@click.option("--val-block", type=float, default=None, help="Split block size in metres (default: 4 chips).")
+@click.option("--val-buffer", type=float, default=None, help="Gap between split blocks in metres (default: half a chip).")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@click.option("--split-layer", default=None, help="Polygons drawing the split instead of blocks (field --split-field).")
+@click.option("--split-field", default="split", show_default=True, help="train / validation / test per polygon.")
+@click.option("--chip-stride", type=int, default=None, help="Pixels between candidate chips (default: half a chip).")
+@click.option("--test-fraction", type=float, default=0.0, show_default=True, help="Share of labelled blocks held out for testing.")
+@click.option("--positive-fraction", type=float, default=0.7, show_default=True,
+              help="Share of chips per epoch that hold labels (the rest are negatives).")
+@click.option("--class-balanced", is_flag=True, help="Draw chips of rare classes as often as common ones.")
+@click.option("--arch-params", "arch_params_json", default=None, help='Extra architecture arguments as JSON.')
+@click.option("--patience", type=int, default=5, show_default=True, help="Early stopping: epochs without improvement.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle and report.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def train(images: tuple[str, ...], labels: str, quiet: bool, arch_params_json: str | None, **kwargs: Any) -> None:
+    """Train a model from rasters and vector labels; write a bundle and a report folder."""
+    import json
+
+    from geovision.errors import ConfigError
+    from geovision.workflows.train import train as run
+
+    if arch_params_json:
+        try:
+            kwargs["arch_params"] = json.loads(arch_params_json)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--arch-params is not valid JSON ({exc})") from None
+    run(list(images), labels, progress=not quiet, **kwargs)
+
+
 @main.group()
 def model() -> None:
     """Create and inspect model bundles."""
