@@ -135,6 +135,8 @@ def demo(out: str, size: int, quiet: bool) -> None:
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW, cosine).")
 @click.option("--augment", type=click.Choice(["none", "light", "strong"]), default="light", show_default=True)
+@click.option("--augment-params", "augment_params_json", default=None,
+              help='Override augmentation settings as JSON, e.g. \'{"scale": [0.8, 1.2], "noise_p": 0.3}\'.')
 @click.option("--loss", type=click.Choice(["dice_ce", "ce", "focal", "dice_focal"]), default="dice_ce",
               show_default=True, help="Segmentation loss.")
 @click.option("--class-weights", type=click.Choice(["none", "auto"]), default="none", show_default=True,
@@ -157,18 +159,21 @@ def demo(out: str, size: int, quiet: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle and report.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def train(images: tuple[str, ...], labels: str, quiet: bool, arch_params_json: str | None, **kwargs: Any) -> None:
+def train(images: tuple[str, ...], labels: str, quiet: bool, arch_params_json: str | None,
+          augment_params_json: str | None, **kwargs: Any) -> None:
     """Train a model from rasters and vector labels; write a bundle and a report folder."""
     import json
 
     from geovision.errors import ConfigError
     from geovision.workflows.train import train as run
 
-    if arch_params_json:
-        try:
-            kwargs["arch_params"] = json.loads(arch_params_json)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--arch-params is not valid JSON ({exc})") from None
+    for flag, text, key in (("--arch-params", arch_params_json, "arch_params"),
+                            ("--augment-params", augment_params_json, "augment_params")):
+        if text:
+            try:
+                kwargs[key] = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{flag} is not valid JSON ({exc})") from None
     run(list(images), labels, progress=not quiet, **kwargs)
 
 
