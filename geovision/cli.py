@@ -177,6 +177,31 @@ def train(images: tuple[str, ...], labels: str, quiet: bool, arch_params_json: s
     run(list(images), labels, progress=not quiet, **kwargs)
 
 
+@main.command()
+@click.option("--pred", required=True, help="Predictions: a vector layer (e.g. from geovision predict).")
+@click.option("--truth", required=True, help="Ground truth: a vector layer (any format, any CRS).")
+@click.option("--out", "-o", required=True, help="Folder for metrics.json, plots and errors.gpkg.")
+@click.option("--aoi", default=None, help="Polygons where the truth is complete; scoring stays inside them.")
+@click.option("--iou", type=float, default=0.5, show_default=True, help="IoU for a prediction to match a true object.")
+@click.option("--raster", default=None, help="(reserved) grid for pixel-by-pixel comparison of vectors.")
+@click.option("--pred-class-field", default="class_name", show_default=True)
+@click.option("--truth-class-field", default=None, help="Default: the predictions' field, else one class.")
+@click.option("--score-field", default=None, help="Default: score, or mean_probability, when present.")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty --out folder.")
+@_friendly_errors
+def evaluate(**kwargs: Any) -> None:
+    """Score predictions against ground truth: object and area metrics, plots, a TP/FP/FN layer."""
+    from geovision.workflows.evaluate import evaluate as run
+
+    result = run(**kwargs)
+    o = result.metrics["objects"]["overall"]
+    show = {k: (None if o.get(k) is None else round(o[k], 4)) for k in ("tp", "fp", "fn", "precision", "recall", "f1")}
+    click.echo(f"objects at IoU {kwargs['iou']}: {show}")
+    areas = result.metrics["areas"]
+    click.echo(f"mean IoU (area): {areas['mean_iou']}")
+    click.echo(f"wrote {result.out}/metrics.json, errors.gpkg and plots")
+
+
 @main.group()
 def model() -> None:
     """Create and inspect model bundles."""
