@@ -24,6 +24,16 @@ def _int_list(_ctx: Any, _param: Any, value: str | None) -> list[int] | None:
         raise click.BadParameter(f"expected comma-separated band numbers such as 4,3,2, got {value!r}") from None
 
 
+def _float_pair(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected two confidences LOW,HIGH such as 0.3,0.6, got {value!r}") from None
+    return low, high
+
+
 def _str_list(_ctx: Any, _param: Any, value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -85,6 +95,8 @@ def main() -> None:
 @click.option("--zones", default=None, help="Detection: polygons (any format, any CRS) to count objects in, per class.")
 @click.option("--nms-iou", type=float, default=0.5, show_default=True,
               help="Detection: boxes of one class overlapping more than this are duplicates.")
+@click.option("--review-band", callback=lambda _c, _p, v: _float_pair(v), default=None,
+              help="Confidence band LOW,HIGH (e.g. 0.3,0.6): features in it get review=1 and go to a 'review' layer.")
 @click.option("--box-fusion", type=click.Choice(["best", "wbf"]), default="best", show_default=True,
               help="Detection: a merged box takes the best view's sides, or the score-weighted mean (wbf).")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:8786).")
@@ -178,12 +190,14 @@ def train(images: tuple[str, ...], labels: str, quiet: bool, arch_params_json: s
 
 
 @main.command()
-@click.option("--pred", required=True, help="Predictions: a vector layer (e.g. from geovision predict).")
-@click.option("--truth", required=True, help="Ground truth: a vector layer (any format, any CRS).")
+@click.option("--pred", required=True, help="Predictions: a vector layer (e.g. from geovision predict) or a class raster.")
+@click.option("--truth", required=True, help="Ground truth: a vector layer (any format, any CRS) or a class raster.")
 @click.option("--out", "-o", required=True, help="Folder for metrics.json, plots and errors.gpkg.")
 @click.option("--aoi", default=None, help="Polygons where the truth is complete; scoring stays inside them.")
 @click.option("--iou", type=float, default=0.5, show_default=True, help="IoU for a prediction to match a true object.")
-@click.option("--raster", default=None, help="(reserved) grid for pixel-by-pixel comparison of vectors.")
+@click.option("--raster", default=None, help="Compare vectors pixel by pixel on this raster's grid.")
+@click.option("--classes", callback=_str_list, default=None,
+              help="Class names by class-raster id, e.g. background,building (default: from the vector side).")
 @click.option("--pred-class-field", default="class_name", show_default=True)
 @click.option("--truth-class-field", default=None, help="Default: the predictions' field, else one class.")
 @click.option("--score-field", default=None, help="Default: score, or mean_probability, when present.")
@@ -194,9 +208,10 @@ def evaluate(**kwargs: Any) -> None:
     from geovision.workflows.evaluate import evaluate as run
 
     result = run(**kwargs)
-    o = result.metrics["objects"]["overall"]
-    show = {k: (None if o.get(k) is None else round(o[k], 4)) for k in ("tp", "fp", "fn", "precision", "recall", "f1")}
-    click.echo(f"objects at IoU {kwargs['iou']}: {show}")
+    if result.metrics["objects"] is not None:
+        o = result.metrics["objects"]["overall"]
+        show = {k: (None if o.get(k) is None else round(o[k], 4)) for k in ("tp", "fp", "fn", "precision", "recall", "f1")}
+        click.echo(f"objects at IoU {kwargs['iou']}: {show}")
     areas = result.metrics["areas"]
     click.echo(f"mean IoU (area): {areas['mean_iou']}")
     click.echo(f"wrote {result.out}/metrics.json, errors.gpkg and plots")

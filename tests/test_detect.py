@@ -267,3 +267,18 @@ def test_cli_detection_run(tmp_path: Path, detector: Path, squares) -> None:
     result = CliRunner().invoke(main, ["predict", str(raster), "--model", str(detector), "--out",
                                        str(tmp_path / "y.gpkg"), "--zones", str(tmp_path / "missing.gpkg")])
     assert result.exit_code == 1 and "missing.gpkg" in result.output
+
+
+def test_review_band_flags_doubtful_detections(tmp_path: Path, detector: Path, squares) -> None:
+    raster, truth = squares
+    out = tmp_path / "review.gpkg"
+    result = geovision.predict(raster, detector, out, tile=TILE, overlap=OVERLAP, score_threshold=0.3,
+                               review_band=(0.3, 0.75), progress=False)
+    found = pyogrio.read_dataframe(out, layer="predictions")
+    review = pyogrio.read_dataframe(out, layer="review")
+    doubtful = (found["score"] >= 0.3) & (found["score"] < 0.75)
+    assert (found["review"] == doubtful.astype(int)).all()
+    assert len(review) == int(doubtful.sum()) == result.summary["review"]["count"] > 0
+    assert ((review["score"] >= 0.3) & (review["score"] < 0.75)).all()
+    with pytest.raises(Exception, match="review band"):
+        geovision.predict(raster, detector, tmp_path / "x.gpkg", review_band=(0.6, 0.3), progress=False)

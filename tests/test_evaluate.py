@@ -82,3 +82,31 @@ def test_bad_inputs_and_cli(tmp_path: Path, scene) -> None:
                                        str(tmp_path / "e3")])
     assert result.exit_code == 0, result.output
     assert "'tp': 2" in result.output
+
+
+def test_class_rasters_pixel_by_pixel(tmp_path: Path) -> None:
+    """A class raster against a truth raster and against truth polygons burned on its grid."""
+    import numpy as np
+    from affine import Affine
+    from conftest import write_raster
+
+    transform = Affine(0.5, 0, X0, 0, -0.5, Y0)
+    truth = np.zeros((40, 40), np.uint8)
+    truth[10:20, 10:20] = 1  # 100 pixels of building
+    pred = np.zeros((40, 40), np.uint8)
+    pred[10:20, 15:25] = 1  # shifted 5 px: 50 right, 50 false positive, 50 missed
+    pred[0, :] = 255  # a nodata row: not scored
+    truth_tif = write_raster(tmp_path / "truth.tif", truth, transform=transform)
+    pred_tif = write_raster(tmp_path / "pred.tif", pred, transform=transform, nodata=255)
+    result = evaluate(pred_tif, truth_tif, tmp_path / "e1", classes=["background", "building"])
+    b = result.metrics["areas"]["per_class"]["building"]
+    assert b["iou"] == pytest.approx(50 / 150) and b["precision"] == pytest.approx(0.5)
+    assert b["true_area_m2"] == pytest.approx(100 * 0.25) and b["pred_area_m2"] == pytest.approx(100 * 0.25)
+    # 1600 pixels less the nodata row = 1560 scored; 50 TP, 50 FP, 50 FN, the rest background
+    assert result.metrics["areas"]["confusion"] == [[1560 - 150, 50], [50, 50]]
+    # the same truth as a polygon (in another CRS) burned on the class raster's grid
+    poly = gpd.GeoDataFrame({"class_name": ["building"]},
+                            geometry=[shapely.box(X0 + 5, Y0 - 10, X0 + 10, Y0 - 5)], crs=UTM).to_crs("EPSG:3857")
+    poly.to_file(tmp_path / "truth.gpkg")
+    result = evaluate(pred_tif, tmp_path / "truth.gpkg", tmp_path / "e2", classes=["background", "building"])
+    assert result.metrics["areas"]["per_class"]["building"]["iou"] == pytest.approx(50 / 150, abs=0.02)

@@ -194,3 +194,18 @@ def test_top_level_api(tmp_path: Path, bundle: Path) -> None:
     raster = write_raster(tmp_path / "api.tif", scene(200, 200, seed=12)[0])
     result = geovision.predict(raster, bundle, tmp_path / "api.fgb", progress=False)
     assert result.vector_path.exists() and result.summary["features"] == len(gpd.read_file(result.vector_path))
+
+
+def test_review_band_on_segmentation(tmp_path: Path) -> None:
+    """Segmentation polygons are flagged by their mean probability."""
+    from models_util import bright_object_bundle
+
+    bundle = bright_object_bundle(tmp_path / "m.safetensors")
+    img, _ = scene(300, 300, seed=4)
+    raster = write_raster(tmp_path / "s.tif", img)
+    out = tmp_path / "seg.gpkg"
+    predict(raster, bundle, out, tile=256, overlap=64, review_band=(0.0, 0.999), progress=False)
+    found = gpd.read_file(out, layer="predictions")
+    review = gpd.read_file(out, layer="review")
+    assert set(found["review"]) <= {0, 1}
+    assert len(review) == int((found["mean_probability"] < 0.999).sum()) == int(found["review"].sum())

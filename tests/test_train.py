@@ -57,6 +57,7 @@ def test_small_unet_learns_the_scene(tmp_path: Path) -> None:
     assert config.class_names == ["background", "building"]
     assert config.tile_size == 64 and config.ground_resolution_m == pytest.approx(PIXEL)
     assert config.normalization.method == "meanstd" and config.provenance["trained"] is True
+    assert len(config.drift_reference["proportions"]) == 3  # the training imagery, for predict's drift check
     # the report
     report = result.report
     assert {"metrics.csv", "metrics.json", "curves.png", "config.json", "split.gpkg"} <= {p.name for p in report.iterdir()}

@@ -189,6 +189,8 @@ class BundleConfig(BaseModel):
         geovision_version: geovision version that wrote the bundle.
         created: creation time, ISO 8601 UTC.
         provenance: free-form training information (data, metrics, ...); JSON values only.
+        drift_reference: per-band distribution of the training pixels (``edges``,
+            ``proportions``, ``pixels``; see :mod:`geovision.io.drift`), or ``None``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -209,6 +211,7 @@ class BundleConfig(BaseModel):
     geovision_version: str = __version__
     created: str = Field(default_factory=_utc_now)
     provenance: dict[str, Any] = Field(default_factory=dict)
+    drift_reference: dict[str, Any] | None = None
 
     @field_validator("bands")
     @classmethod

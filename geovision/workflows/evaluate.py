@@ -54,6 +54,7 @@ class EvaluateOptions(BaseModel):
     pred_class_field: str = "class_name"
     truth_class_field: str | None = None
     score_field: str | None = None
+    classes: list[str] | None = Field(default=None, description="class names by raster class id (0 = background)")
     overwrite: bool = False
 
     @field_validator("pred", "truth", "out", "aoi", "raster", mode="before")
@@ -124,11 +125,8 @@ def run_evaluate(opts: EvaluateOptions) -> EvaluateResult:
     out = Path(opts.out)
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
         raise OutputExistsError(f"{out}: exists and is not empty. Pass --overwrite, or choose another --out.")
-    if _is_raster(opts.pred) or _is_raster(opts.truth):
-        raise ConfigError(
-            f"class rasters are not scored yet ({opts.pred}, {opts.truth}); give vector layers "
-            "(geovision predict writes one beside each class raster)."
-        )
+    if _is_raster(opts.pred) or _is_raster(opts.truth) or opts.raster:
+        return _evaluate_pixels(opts, out)
     pred = _read_vector(opts.pred, "predictions")
     truth = _read_vector(opts.truth, "truth")
     crs = pred.crs or truth.crs
@@ -186,6 +184,100 @@ def run_evaluate(opts: EvaluateOptions) -> EvaluateResult:
     if scores is not None:
         _plot_pr(result["average_precision"], out / "pr_curve.png")
     _write_errors(out / "errors.gpkg", pred, truth, matching, crs)
+    return EvaluateResult(result, out)
+
+
+def _evaluate_pixels(opts: EvaluateOptions, out: Path) -> EvaluateResult:
+    """Class rasters (or vectors burned on a raster's grid) compared pixel by pixel, block by block."""
+    import rasterio
+    import rasterio.features
+    from rasterio.windows import Window as RioWindow
+    from rasterio.windows import transform as window_transform
+
+    from geovision.evaluation import metrics as m
+    from geovision.io.geo import ground_pixel_size_m
+    from geovision.tiling.grid import BlockGrid
+
+    grid_path = opts.pred if _is_raster(opts.pred) else opts.truth if _is_raster(opts.truth) else opts.raster
+    try:
+        with rasterio.open(grid_path) as ds:
+            height, width, transform, crs = ds.height, ds.width, ds.transform, ds.crs
+    except rasterio.errors.RasterioError as exc:
+        from geovision.errors import RasterReadError
+
+        raise RasterReadError(f"{grid_path}: cannot open as a class raster ({exc}).") from exc
+    vectors = {}
+    for side in ("pred", "truth"):
+        path = getattr(opts, side)
+        if not _is_raster(path):
+            frame = _read_vector(path, "predictions" if side == "pred" else "truth")
+            vectors[side] = frame.to_crs(crs) if frame.crs is not None and len(frame) else frame
+    names = list(opts.classes) if opts.classes else None
+    if names is None:
+        found = set()
+        for side, frame in vectors.items():
+            field = opts.pred_class_field if side == "pred" else (opts.truth_class_field or opts.pred_class_field)
+            found |= set(_classes(frame, field, "object").tolist())
+        names = ["background", *sorted(found)] if found else None
+    aoi = None
+    if opts.aoi:
+        zones = _read_vector(opts.aoi, "area of interest")
+        aoi = shapely.union_all(np.asarray(zones.to_crs(crs).geometry.values, dtype=object))
+    confusion = None
+    blocks = BlockGrid(height, width, 1024)
+    for r in range(blocks.shape[0]):
+        for c in range(blocks.shape[1]):
+            w = blocks.window((r, c))
+            rw = RioWindow(w.col_off, w.row_off, w.width, w.height)
+            wt = window_transform(rw, transform)
+            layers = {}
+            for side in ("pred", "truth"):
+                path = getattr(opts, side)
+                if _is_raster(path):
+                    with rasterio.open(path) as ds:
+                        band = ds.read(1, window=rw).astype(np.int64)
+                        band[ds.read_masks(1, window=rw) == 0] = 255
+                    layers[side] = band
+                else:
+                    frame = vectors[side]
+                    field = opts.pred_class_field if side == "pred" else (opts.truth_class_field or opts.pred_class_field)
+                    classes = _classes(frame, field, names[1] if names and len(names) == 2 else "object")
+                    index = {n: i for i, n in enumerate(names or [])}
+                    shapes = [(g, index[k]) for g, k in zip(frame.geometry.values, classes) if k in index]
+                    layers[side] = (rasterio.features.rasterize(shapes, out_shape=(w.height, w.width), transform=wt,
+                                                                fill=0, dtype="int32").astype(np.int64)
+                                    if shapes else np.zeros((w.height, w.width), np.int64))
+            n = len(names) if names else int(max(layers["pred"][layers["pred"] != 255].max(initial=0),
+                                                 layers["truth"][layers["truth"] != 255].max(initial=0))) + 1
+            valid = None
+            if aoi is not None:
+                valid = rasterio.features.geometry_mask([aoi], out_shape=(w.height, w.width), transform=wt,
+                                                        invert=True)
+            block = m.confusion_matrix(layers["truth"], layers["pred"], n, ignore=255, valid=valid)
+            if confusion is None:
+                confusion = block
+            elif block.shape != confusion.shape:
+                size = max(block.shape[0], confusion.shape[0])
+                grown = np.zeros((size, size), np.int64)
+                grown[: confusion.shape[0], : confusion.shape[0]] += confusion
+                grown[: block.shape[0], : block.shape[0]] += block
+                confusion = grown
+            else:
+                confusion += block
+    names = names or [f"class_{i}" for i in range(confusion.shape[0])]
+    if len(names) < confusion.shape[0]:
+        names = names + [f"class_{i}" for i in range(len(names), confusion.shape[0])]
+    x_m, y_m = ground_pixel_size_m(transform, crs, height, width)
+    result = {
+        "inputs": {"pred": opts.pred, "truth": opts.truth, "aoi": opts.aoi, "grid": grid_path,
+                   "crs": crs.to_string(), "classes": names[: confusion.shape[0]]},
+        "objects": None,
+        "areas": m.pixel_metrics(confusion, names[: confusion.shape[0]], pixel_area_m2=x_m * y_m, background=0),
+    }
+    result["areas"]["units"] = "pixels of the grid raster; areas in m² (pixel count x ground pixel area)"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    _plot_confusion(result["areas"], out / "confusion.png")
     return EvaluateResult(result, out)
 
 

@@ -72,6 +72,8 @@ class PredictOptions(BaseModel):
     nms_iou: float = Field(default=0.5, gt=0, le=1)
     match_iou: float = Field(default=0.5, gt=0, le=1)
     box_fusion: Literal["best", "wbf"] = "best"
+    review_band: tuple[float, float] | None = Field(
+        default=None, description="confidence band [low, high) whose features go to the review layer")
     scheduler: str | None = None
     workers: int | None = Field(default=None, ge=1)
     overwrite: bool = False
@@ -81,6 +83,13 @@ class PredictOptions(BaseModel):
     @classmethod
     def _path_to_str(cls, v: Any) -> Any:
         return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @field_validator("review_band")
+    @classmethod
+    def _band_in_order(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 <= v[0] < v[1] <= 1:
+            raise ValueError(f"review band must be two confidences 0 <= low < high <= 1, e.g. 0.3,0.6; got {v}")
+        return v
 
     @field_validator("tile")
     @classmethod
@@ -259,6 +268,15 @@ def _client(options: PredictOptions):
     return Client(cluster)
 
 
+def _drift_check(info: RasterInfo, config) -> dict[str, Any] | None:
+    """PSI per band against the bundle's training imagery (a warning when shifted); None without a reference."""
+    if not config.drift_reference:
+        return None
+    from geovision.io.drift import check_drift
+
+    return check_drift(info.path, info.bands, config.band_names, config.drift_reference)
+
+
 def _resolution_check(info: RasterInfo, bundle_res: float | None) -> float:
     from geovision.io.geo import ground_pixel_size_m
 
@@ -354,6 +372,7 @@ def run_predict(opts: PredictOptions) -> PredictResult:
     bands, bands_from = (opts.bands, "--bands") if opts.bands else (config.bands, "the bundle's band order")
     infos = [open_raster(path, bands, config.in_channels, bands_from=bands_from) for path in opts.rasters]
     resolutions = [_resolution_check(info, config.ground_resolution_m) for info in infos]
+    drift = [_drift_check(info, config) for info in infos]
     multi = len(infos) > 1
     crs = infos[0].crs
     zones = None
@@ -371,7 +390,7 @@ def run_predict(opts: PredictOptions) -> PredictResult:
         # extra layers: inside the GeoPackage, or siblings for single-layer formats
         layer_paths: dict[str, Path] = {}
         layer_tmps: dict[str, Path] = {}
-        for name, on in (("points", opts.points), ("zones", zones is not None)):
+        for name, on in (("points", opts.points), ("zones", zones is not None), ("review", bool(opts.review_band))):
             if on:
                 if vector_driver(opts.out) == "GPKG":
                     layer_paths[name], layer_tmps[name] = Path(opts.out), vector_tmp
@@ -393,7 +412,7 @@ def run_predict(opts: PredictOptions) -> PredictResult:
                     cog_tmps[final] = (tmp, outputs.scratch(tmp, ".scratch.tif"))
 
         scratch_gpkg = outputs.scratch(vector_tmp, ".scratch.gpkg")
-        sinks = _Sinks.open(scratch_gpkg, config, crs, opts.points)
+        sinks = _Sinks.open(scratch_gpkg, config, crs, opts.points, opts.review_band)
 
         grids = [TileGrid(i.height, i.width, tile_size, opts.overlap) for i in infos]
         total_tiles = sum(len(g) for g in grids)
@@ -438,14 +457,21 @@ def run_predict(opts: PredictOptions) -> PredictResult:
             targets.append(("points", layer_tmps["points"], "Point"))
         if zones is not None:
             targets.append(("zones", layer_tmps["zones"], "MultiPolygon"))
+        if opts.review_band:
+            targets.append(("review", layer_tmps["review"], "Polygon"))
         export(scratch_gpkg, targets)
         elapsed = time.perf_counter() - t0
         summary = _summary(opts, config, runs, resolutions, sinks.main, elapsed)
+        for entry, d in zip(summary["inputs"], drift):
+            entry["drift"] = d
         if zones is not None:
             summary["zones"] = zones.summary()
             summary["outputs"]["zones"] = str(layer_paths["zones"])
         if opts.points:
             summary["outputs"]["points"] = str(layer_paths["points"])
+        if opts.review_band:
+            summary["outputs"]["review"] = str(layer_paths["review"])
+            summary["review"] = {"band": list(opts.review_band), "count": sinks.main.review.count}
         summary_tmp.write_text(json.dumps(summary, indent=2))
         outputs.commit()
     if opts.progress:
@@ -476,15 +502,52 @@ def _union_bounds(infos: Sequence[RasterInfo]) -> tuple[float, float, float, flo
 
 
 @dataclass
+class _ReviewSink:
+    """The main layer, with a ``review`` flag (1 inside the confidence band) and a copy of the flagged features.
+
+    Confidence is the detection ``score`` or the segmentation ``mean_probability``.
+    """
+
+    def __init__(self, main: LayerSink, review: LayerSink, band: tuple[float, float]) -> None:
+        self.main, self.review, self.band = main, review, band
+
+    @property
+    def tally(self):
+        return self.main.tally
+
+    @property
+    def count(self) -> int:
+        return self.main.count
+
+    def append(self, frame) -> None:
+        frame = flag_for_review(frame, self.band)
+        self.main.append(frame)
+        self.review.append(frame[frame["review"].to_numpy() == 1])
+
+    def close(self) -> None:
+        self.main.close()
+        self.review.close()
+
+
+def flag_for_review(frame, band: tuple[float, float]):
+    """``frame`` with a ``review`` column: 1 where its confidence lies in ``[low, high)``, else 0."""
+    conf_col = "score" if "score" in frame.columns else "mean_probability"
+    conf = frame[conf_col].to_numpy(dtype=np.float64) if len(frame) else np.zeros(0)
+    out = frame.copy()
+    out.insert(len(out.columns) - 1, "review", ((conf >= band[0]) & (conf < band[1])).astype(np.int64))
+    return out
+
+
+@dataclass
 class _Sinks:
     """The run's vector layers, streamed into one scratch GeoPackage."""
 
     path: Path
-    main: LayerSink
+    main: Any
     points: LayerSink | None
 
     @classmethod
-    def open(cls, path: Path, config, crs, points: bool) -> _Sinks:
+    def open(cls, path: Path, config, crs, points: bool, review_band: tuple[float, float] | None = None) -> _Sinks:
         if config.task == "detection":
             from geovision.workflows.detect import empty_frame, point_frame
 
@@ -498,7 +561,11 @@ class _Sinks:
                 transform=Affine.identity(), crs=crs,
             ).empty()
             point_sink = None
-        return cls(path, LayerSink(path, LAYER, crs, empty), point_sink)
+        if review_band is None:
+            return cls(path, LayerSink(path, LAYER, crs, empty), point_sink)
+        empty = flag_for_review(empty, review_band)
+        main = _ReviewSink(LayerSink(path, LAYER, crs, empty), LayerSink(path, "review", crs, empty), review_band)
+        return cls(path, main, point_sink)
 
     def close(self, zones) -> None:
         self.main.close()

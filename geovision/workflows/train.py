@@ -260,6 +260,7 @@ def run_train(opts: TrainOptions) -> TrainResult:
         encoder = opts.encoder or "resnet18"
         arch_params = dict(opts.arch_params)
     mean, std = band_statistics(infos, by_split["train"], seed=opts.seed)
+    drift_ref = _drift_reference(infos)
     colors = default_colors(len(class_names))
     with_names = _band_names(infos[0])
     config = BundleConfig(
@@ -267,7 +268,7 @@ def run_train(opts: TrainOptions) -> TrainResult:
         bands=list(infos[0].bands), band_names=with_names,
         normalization={"method": "meanstd", "mean": mean, "std": std},
         classes=[{"name": n, "color": colors[i]} for i, n in enumerate(class_names)],
-        tile_size=opts.tile, ground_resolution_m=round(pixel_m, 6),
+        tile_size=opts.tile, ground_resolution_m=round(pixel_m, 6), drift_reference=drift_ref,
         provenance={"created_by": "geovision train", "trained": True, "images": opts.images, "labels": opts.labels,
                     "class_field": opts.class_field, "pretrained": opts.pretrained if not opts.init else None,
                     "init": opts.init, "split": {"block_m": block_m, "buffer_m": buffer_m, "layer": opts.split_layer},
@@ -321,6 +322,14 @@ def run_train(opts: TrainOptions) -> TrainResult:
         print(f"best epoch {result.best_epoch} ({config.provenance['metric']} {best}); wrote {out} and {report}/")
     return TrainResult(bundle=out, report=report, best_epoch=result.best_epoch, best_metric=result.best_metric,
                        history=[asdict(r) for r in result.history], chips=counts)
+
+
+def _drift_reference(infos) -> dict:
+    """The training rasters' per-band pixel distribution, sampled coarsely, for predict's drift check."""
+    from geovision.io.drift import reference, sample_raster
+
+    samples = np.concatenate([sample_raster(i.path, i.bands, max_side=256) for i in infos], axis=1)
+    return reference(samples)
 
 
 def _band_names(info) -> list[str]:
