@@ -9,6 +9,14 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from pathlib import Path  # noqa: E402
 
+from hypothesis import settings  # noqa: E402
+
+# Property tests draw the same examples on every run, so CI cannot fail by chance; set
+# HYPOTHESIS_PROFILE=explore to draw fresh ones.
+settings.register_profile("geovision", derandomize=True, deadline=None)
+settings.register_profile("explore", derandomize=False, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "geovision"))
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import rasterio  # noqa: E402
