@@ -31,7 +31,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    import numpy as np
     import rasterio
 
     import geovision

@@ -12,7 +12,7 @@ import rasterio
 from affine import Affine
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-from conftest import UTM, scene, write_raster
+from conftest import scene, write_raster
 from geovision.workflows.predict import predict
 from models_util import bright_object_bundle
 

@@ -10,7 +10,6 @@ whole raster.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +21,7 @@ from geovision.io.outputs import AtomicOutputs
 from geovision.io.raster import BlockWriter, to_cog
 from geovision.tiling.grid import BlockGrid
 from geovision.tiling.reader import open_raster, read_tiles
-from geovision.tiling.stream import batched, stream
+from geovision.tiling.stream import batched, local_client, stream
 from geovision.types import Tile
 
 __all__ = ["index_raster"]
@@ -58,8 +57,6 @@ def index_raster(raster: str | os.PathLike[str], out: str | os.PathLike[str], *,
         ConfigError: unknown index, sensor or band names.
         RasterError: the raster cannot be read or has no CRS.
     """
-    from distributed import Client, LocalCluster
-
     raster = os.fspath(raster)
     import rasterio
 
@@ -76,11 +73,9 @@ def index_raster(raster: str | os.PathLike[str], out: str | os.PathLike[str], *,
         tmp = outputs.add(out)
         scratch = outputs.scratch(tmp, ".scratch.tif")
         writer = BlockWriter(scratch, info, count=1, dtype="float32", nodata=float("nan"), descriptions=[index.lower()])
-        cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
-                               silence_logs=logging.ERROR)
-        client = Client(cluster)
+        client = local_client()
         try:
-            for batch, (read, skipped) in stream(client, _read, batched(tiles, 4), info, BLOCK, prefetch=4):
+            for _, (read, skipped) in stream(client, _read, batched(tiles, 4), info, BLOCK, prefetch=4):
                 for t in read:
                     w = t.tile.window
                     refl = to_reflectance(t.data, scale_, offset_, ~t.valid)
@@ -96,7 +91,7 @@ def index_raster(raster: str | os.PathLike[str], out: str | os.PathLike[str], *,
                     writer.write(w, np.full((w.height, w.width), np.nan, dtype=np.float32))
         finally:
             client.close()
-            cluster.close()
+            client.cluster.close()
             writer.close()
         to_cog(scratch, tmp, resampling="AVERAGE")
         outputs.commit()

@@ -32,7 +32,7 @@ from affine import Affine
 
 from geovision.errors import NoCRSError
 
-__all__ = ["area_method", "as_pyproj_crs", "distances_m", "ground_pixel_size_m", "linear_unit_m", "measure"]
+__all__ = ["area_method", "as_pyproj_crs", "distances_m", "ground_pixel_size_m", "linear_unit_m", "measure", "window_bounds"]
 
 AreaMethod = Literal["planar", "geodesic"]
 
@@ -194,6 +194,15 @@ def distances_m(start: np.ndarray, end: np.ndarray, crs: Any) -> np.ndarray:
     lon1, lat1 = to_lonlat.transform(end[:, 0], end[:, 1])
     _, _, dist = _GEOD.inv(lon0, lat0, lon1, lat1)
     return np.asarray(dist, dtype=np.float64)
+
+
+def window_bounds(transform: Affine, window: Any) -> tuple[float, float, float, float]:
+    """``(minx, miny, maxx, maxy)`` of a pixel window in the raster's CRS."""
+    cols = np.array([window.col_off, window.col_end, window.col_off, window.col_end], dtype=np.float64)
+    rows = np.array([window.row_off, window.row_off, window.row_end, window.row_end], dtype=np.float64)
+    xs = transform.a * cols + transform.b * rows + transform.c
+    ys = transform.d * cols + transform.e * rows + transform.f
+    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
 
 
 def ground_pixel_size_m(transform: Affine, crs: Any, height: int, width: int) -> tuple[float, float]:

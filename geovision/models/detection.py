@@ -369,14 +369,3 @@ class DetectionPredictor(TilePredictor):
                 boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             results.append((boxes, scores, labels))
         return results
-
-
-def detection_targets(
-    boxes: Sequence[np.ndarray], labels: Sequence[np.ndarray], device: torch.device | str = "cpu"
-) -> list[dict[str, torch.Tensor]]:
-    """torchvision training targets from per-image ``(n, 4)`` xyxy boxes and ``(n,)`` labels."""
-    return [
-        {"boxes": torch.as_tensor(np.asarray(b, dtype=np.float32).reshape(-1, 4), device=device),
-         "labels": torch.as_tensor(np.asarray(lab, dtype=np.int64).reshape(-1), device=device)}
-        for b, lab in zip(boxes, labels)
-    ]

@@ -15,7 +15,6 @@ import inspect
 from collections.abc import Mapping
 from functools import lru_cache
 from types import ModuleType
-from typing import Any
 
 import torch
 from torch import nn

@@ -51,3 +51,24 @@ def stream(
     finally:
         for _, future in pending:
             future.cancel()
+
+
+def local_client(threads: int | None = None):
+    """A quiet in-process Dask cluster of ``threads`` reader threads (default 2-4) and its client.
+
+    Closing the client does not close the cluster: close ``client.cluster`` too.
+    """
+    import logging
+    import os
+
+    from distributed import Client, LocalCluster
+
+    threads = threads or max(2, min(4, os.cpu_count() or 2))
+    # an in-process cluster's start/stop chatter is not for the user (Dask's own
+    # silence_logs misses the loggers that talk while the cluster starts)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("distributed"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    cluster = LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None,
+                           silence_logs=logging.CRITICAL)
+    return Client(cluster)

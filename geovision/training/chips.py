@@ -18,8 +18,8 @@ import numpy as np
 import rasterio
 import shapely
 import torch
-from affine import Affine
 
+from geovision.io.geo import window_bounds
 from geovision.tiling.grid import TileGrid
 from geovision.tiling.reader import RasterInfo, gdal_env, read_tiles
 from geovision.training.labels import IGNORE, LabelSet, boxes_in_window, rasterize_window
@@ -51,15 +51,6 @@ class Chip:
     @property
     def positive(self) -> bool:
         return bool(self.classes)
-
-
-def window_bounds(transform: Affine, window: Window) -> tuple[float, float, float, float]:
-    """``(minx, miny, maxx, maxy)`` of a pixel window in the raster's CRS."""
-    cols = np.array([window.col_off, window.col_end, window.col_off, window.col_end], dtype=np.float64)
-    rows = np.array([window.row_off, window.row_off, window.row_end, window.row_end], dtype=np.float64)
-    xs = transform.a * cols + transform.b * rows + transform.c
-    ys = transform.d * cols + transform.e * rows + transform.f
-    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
 
 
 def _valid_fraction_map(info: RasterInfo) -> np.ndarray:

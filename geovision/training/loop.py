@@ -10,6 +10,7 @@ as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -282,7 +283,7 @@ def fit(
 
 def _train_step(model: nn.Module, task: str, loss_fn, x, y, device: torch.device,
                 autocast_dtype: torch.dtype | None) -> torch.Tensor:
-    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else _null()
+    ctx = _autocast(device, autocast_dtype)
     if task == "segmentation":
         x, y = x.to(device), y.to(device)
         with ctx:
@@ -295,12 +296,9 @@ def _train_step(model: nn.Module, task: str, loss_fn, x, y, device: torch.device
     return sum(v.float() for v in losses.values())
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast at ``dtype``, or nothing for float32."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -311,14 +309,13 @@ def evaluate(model: nn.Module, task: str, dataset, loss_fn, class_names: Sequenc
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
                                          num_workers=num_workers)
-    ctx = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype is not None else _null
     if task == "segmentation":
         n = len(class_names)
         confusion = np.zeros((n, n), dtype=np.int64)
         losses = []
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            with ctx():
+            with _autocast(device, autocast_dtype):
                 logits = model(x)
             losses.append(float(loss_fn(logits.float(), y)))
             pred = logits.argmax(1)
@@ -328,7 +325,7 @@ def evaluate(model: nn.Module, task: str, dataset, loss_fn, class_names: Sequenc
         return float(np.mean(losses)), metric, per_class
     predictions, targets = [], []
     for images, tgts in loader:
-        with ctx():
+        with _autocast(device, autocast_dtype):
             out = model([i.to(device) for i in images])
         predictions += [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in out]
         targets += tgts

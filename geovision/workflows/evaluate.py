@@ -21,6 +21,7 @@ features carry ``status`` (TP, FP or FN) and ``iou``, to open in QGIS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import pyogrio
 import shapely
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from geovision.errors import ConfigError, OutputExistsError, VectorContentError, VectorReadError
+from geovision.errors import OutputExistsError, VectorContentError, VectorReadError
 
 __all__ = ["EvaluateOptions", "EvaluateResult", "evaluate", "run_evaluate"]
 
@@ -190,9 +191,6 @@ def run_evaluate(opts: EvaluateOptions) -> EvaluateResult:
 def _evaluate_pixels(opts: EvaluateOptions, out: Path) -> EvaluateResult:
     """Class rasters (or vectors burned on a raster's grid) compared pixel by pixel, block by block."""
     import rasterio
-    import rasterio.features
-    from rasterio.windows import Window as RioWindow
-    from rasterio.windows import transform as window_transform
 
     from geovision.evaluation import metrics as m
     from geovision.io.geo import ground_pixel_size_m
@@ -223,8 +221,43 @@ def _evaluate_pixels(opts: EvaluateOptions, out: Path) -> EvaluateResult:
     if opts.aoi:
         zones = _read_vector(opts.aoi, "area of interest")
         aoi = shapely.union_all(np.asarray(zones.to_crs(crs).geometry.values, dtype=object))
-    confusion = None
     blocks = BlockGrid(height, width, 1024)
+    with contextlib.ExitStack() as stack:
+        opened = {side: stack.enter_context(rasterio.open(getattr(opts, side)))
+                  for side in ("pred", "truth") if _is_raster(getattr(opts, side))}
+        confusion = _pixel_confusion(opts, opened, vectors, names, aoi, blocks, transform)
+    names = names or [f"class_{i}" for i in range(confusion.shape[0])]
+    if len(names) < confusion.shape[0]:
+        names = names + [f"class_{i}" for i in range(len(names), confusion.shape[0])]
+    x_m, y_m = ground_pixel_size_m(transform, crs, height, width)
+    result = {
+        "inputs": {"pred": opts.pred, "truth": opts.truth, "aoi": opts.aoi, "grid": grid_path,
+                   "crs": crs.to_string(), "classes": names[: confusion.shape[0]]},
+        "objects": None,
+        "areas": m.pixel_metrics(confusion, names[: confusion.shape[0]], pixel_area_m2=x_m * y_m, background=0),
+    }
+    result["areas"]["units"] = "pixels of the grid raster; areas in m² (pixel count x ground pixel area)"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    _plot_confusion(result["areas"], out / "confusion.png")
+    return EvaluateResult(result, out)
+
+
+def _pixel_confusion(opts: EvaluateOptions, opened: dict, vectors: dict, names, aoi, blocks, transform) -> np.ndarray:
+    """Confusion counts block by block: raster sides read from ``opened``, vector sides burned on the grid."""
+    import rasterio.features
+    from rasterio.windows import Window as RioWindow
+    from rasterio.windows import transform as window_transform
+
+    from geovision.evaluation import metrics as m
+
+    index = {n: i for i, n in enumerate(names or [])}
+    burn = {}
+    for side, frame in vectors.items():  # (geometry, class id) pairs, built once for every block
+        field = opts.pred_class_field if side == "pred" else (opts.truth_class_field or opts.pred_class_field)
+        classes = _classes(frame, field, names[1] if names and len(names) == 2 else "object")
+        burn[side] = [(g, index[k]) for g, k in zip(frame.geometry.values, classes) if k in index]
+    confusion = None
     for r in range(blocks.shape[0]):
         for c in range(blocks.shape[1]):
             w = blocks.window((r, c))
@@ -234,16 +267,12 @@ def _evaluate_pixels(opts: EvaluateOptions, out: Path) -> EvaluateResult:
             for side in ("pred", "truth"):
                 path = getattr(opts, side)
                 if _is_raster(path):
-                    with rasterio.open(path) as ds:
-                        band = ds.read(1, window=rw).astype(np.int64)
-                        band[ds.read_masks(1, window=rw) == 0] = 255
+                    ds = opened[side]
+                    band = ds.read(1, window=rw).astype(np.int64)
+                    band[ds.read_masks(1, window=rw) == 0] = 255
                     layers[side] = band
                 else:
-                    frame = vectors[side]
-                    field = opts.pred_class_field if side == "pred" else (opts.truth_class_field or opts.pred_class_field)
-                    classes = _classes(frame, field, names[1] if names and len(names) == 2 else "object")
-                    index = {n: i for i, n in enumerate(names or [])}
-                    shapes = [(g, index[k]) for g, k in zip(frame.geometry.values, classes) if k in index]
+                    shapes = burn[side]
                     layers[side] = (rasterio.features.rasterize(shapes, out_shape=(w.height, w.width), transform=wt,
                                                                 fill=0, dtype="int32").astype(np.int64)
                                     if shapes else np.zeros((w.height, w.width), np.int64))
@@ -264,21 +293,7 @@ def _evaluate_pixels(opts: EvaluateOptions, out: Path) -> EvaluateResult:
                 confusion = grown
             else:
                 confusion += block
-    names = names or [f"class_{i}" for i in range(confusion.shape[0])]
-    if len(names) < confusion.shape[0]:
-        names = names + [f"class_{i}" for i in range(len(names), confusion.shape[0])]
-    x_m, y_m = ground_pixel_size_m(transform, crs, height, width)
-    result = {
-        "inputs": {"pred": opts.pred, "truth": opts.truth, "aoi": opts.aoi, "grid": grid_path,
-                   "crs": crs.to_string(), "classes": names[: confusion.shape[0]]},
-        "objects": None,
-        "areas": m.pixel_metrics(confusion, names[: confusion.shape[0]], pixel_area_m2=x_m * y_m, background=0),
-    }
-    result["areas"]["units"] = "pixels of the grid raster; areas in m² (pixel count x ground pixel area)"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
-    _plot_confusion(result["areas"], out / "confusion.png")
-    return EvaluateResult(result, out)
+    return confusion
 
 
 def _area_metrics(pred_geoms, pred_classes, truth_geoms, truth_classes, names, aoi, crs) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from geovision.io.vector import LayerSink, export
 from geovision.stitching.accumulate import CLASS_NODATA, BlockAccumulator, FinishedBlock
 from geovision.tiling.grid import BlockGrid, TileGrid
 from geovision.tiling.reader import RasterInfo, TileData, open_raster, read_tiles
-from geovision.tiling.stream import batched, stream
+from geovision.tiling.stream import batched, local_client, stream
 from geovision.types import Tile
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ class _Stitcher(threading.Thread):
 
 
 def _client(options: PredictOptions):
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if options.scheduler:
         try:
@@ -255,17 +255,7 @@ def _client(options: PredictOptions):
                 f"cannot reach the Dask scheduler at {options.scheduler} ({exc}). Check the address "
                 "(e.g. tcp://10.0.0.5:8786) and that `dask scheduler` is running."
             ) from exc
-    workers = options.workers or max(2, min(4, os.cpu_count() or 2))
-    # an in-process cluster's start/stop chatter is not for the user (Dask's own
-    # silence_logs misses the loggers that talk while the cluster starts)
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("distributed"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-    cluster = LocalCluster(
-        n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=None,
-        silence_logs=logging.CRITICAL,
-    )
-    return Client(cluster)
+    return local_client(options.workers)
 
 
 def _drift_check(info: RasterInfo, config) -> dict[str, Any] | None:
@@ -488,12 +478,12 @@ def _union_bounds(infos: Sequence[RasterInfo]) -> tuple[float, float, float, flo
     """The rasters' extent in the first raster's CRS."""
     from rasterio.warp import transform_bounds
 
+    from geovision.io.geo import window_bounds
+    from geovision.types import Window
+
     boxes = []
     for info in infos:
-        a = info.affine
-        xs = [a.c, a.c + a.a * info.width + a.b * info.height, a.c + a.a * info.width, a.c + a.b * info.height]
-        ys = [a.f, a.f + a.d * info.width + a.e * info.height, a.f + a.d * info.width, a.f + a.e * info.height]
-        bounds = (min(xs), min(ys), max(xs), max(ys))
+        bounds = window_bounds(info.affine, Window(0, 0, info.height, info.width))
         if not info.crs == infos[0].crs:
             bounds = transform_bounds(info.crs, infos[0].crs, *bounds)
         boxes.append(bounds)
@@ -501,7 +491,6 @@ def _union_bounds(infos: Sequence[RasterInfo]) -> tuple[float, float, float, flo
     return float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())
 
 
-@dataclass
 class _ReviewSink:
     """The main layer, with a ``review`` flag (1 inside the confidence band) and a copy of the flagged features.
 

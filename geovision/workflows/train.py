@@ -142,7 +142,7 @@ def _open_images(opts: TrainOptions):
         if opts.bands:
             bands = opts.bands
         else:
-            from geovision.tiling.reader import RasterReadError
+            from geovision.errors import RasterReadError
 
             try:
                 with gdal_env(), rasterio.open(path) as ds:
@@ -167,18 +167,10 @@ def _open_images(opts: TrainOptions):
 
 
 def _extent(info) -> tuple[float, float, float, float]:
-    from geovision.training.chips import window_bounds
+    from geovision.io.geo import window_bounds
     from geovision.types import Window
 
     return window_bounds(info.affine, Window(0, 0, info.height, info.width))
-
-
-def _autocast_dtype(device, precision: str):
-    import torch
-
-    from geovision.models.predictor import resolve_precision
-
-    return resolve_precision(device, precision) if precision != "fp16" or device.type == "cuda" else torch.bfloat16
 
 
 def run_train(opts: TrainOptions) -> TrainResult:
@@ -186,7 +178,7 @@ def run_train(opts: TrainOptions) -> TrainResult:
 
     from geovision.io.geo import ground_pixel_size_m
     from geovision.models.bundle import BundleConfig, default_colors, load_bundle, save_bundle
-    from geovision.models.predictor import Normalizer, resolve_device
+    from geovision.models.predictor import Normalizer, resolve_device, resolve_precision
     from geovision.training.chips import ChipDataset, band_statistics, epoch_sample, plan_chips
     from geovision.training.labels import read_labels
     from geovision.training.loop import fit
@@ -239,7 +231,7 @@ def run_train(opts: TrainOptions) -> TrainResult:
              "the last epoch is kept. Use a larger area or a smaller --val-block / --tile.")
 
     device = resolve_device(opts.device)
-    autocast = _autocast_dtype(device, opts.precision)
+    autocast = resolve_precision(device, opts.precision)
 
     # the bundle's configuration
     class_names = list(labels.class_names)
@@ -366,7 +358,7 @@ def _write_split(split, path: Path, infos, by_split) -> None:
     import pyogrio
     import shapely
 
-    from geovision.training.chips import window_bounds
+    from geovision.io.geo import window_bounds
 
     layer = split.layer()
     pyogrio.write_dataframe(layer, path, layer="blocks", driver="GPKG")
