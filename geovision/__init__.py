@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from geovision.workflows.predict import PredictResult
+    from geovision.workflows.stress import StressResult
     from geovision.workflows.train import TrainResult
 
 
@@ -25,4 +26,11 @@ def train(images: Any, labels: Any, out: Any, *, class_field: str | None = None,
     return _train(images, labels, out, class_field=class_field, **options)
 
 
-__all__ = ["__version__", "predict", "train"]
+def stress(raster: Any, fields: Any, out: Any, **options: Any) -> StressResult:
+    """Map crop stress and summarise it per field; see :func:`geovision.workflows.stress.stress`."""
+    from geovision.workflows.stress import stress as _stress
+
+    return _stress(raster, fields, out, **options)
+
+
+__all__ = ["__version__", "predict", "stress", "train"]

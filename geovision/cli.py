@@ -55,7 +55,7 @@ def _friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _show_warnings() -> None:
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+    def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, GeovisionWarning):
             click.secho(f"warning: {message}", fg="yellow", err=True)
 
@@ -102,9 +102,10 @@ def main() -> None:
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:8786).")
 @click.option("--workers", type=int, default=None, help="Local reader threads (default: 2-4).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--report", is_flag=True, help="Also write <stem>.report.html, an offline HTML map of the results.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or table.")
 @_friendly_errors
-def predict(rasters: tuple[str, ...], quiet: bool, **kwargs: Any) -> None:
+def predict(rasters: tuple[str, ...], quiet: bool, report: bool, **kwargs: Any) -> None:
     """Segment RASTERS, or detect and count objects in them, as the bundle's task says.
 
     RASTERS are GeoTIFF, COG, VRT or GDAL paths. Segmentation writes a class COG and
@@ -112,7 +113,15 @@ def predict(rasters: tuple[str, ...], quiet: bool, **kwargs: Any) -> None:
     """
     from geovision.workflows.predict import predict as run
 
-    run(list(rasters), progress=not quiet, **kwargs)
+    result = run(list(rasters), progress=not quiet, **kwargs)
+    if report:
+        _write_report(result.vector_path, kwargs["overwrite"])
+
+
+def _write_report(vector: Any, overwrite: bool) -> None:
+    from geovision.report import write_report
+
+    click.echo(f"report: {write_report(vector, overwrite=overwrite)}")
 
 
 @main.command()
@@ -215,6 +224,72 @@ def evaluate(**kwargs: Any) -> None:
     areas = result.metrics["areas"]
     click.echo(f"mean IoU (area): {areas['mean_iou']}")
     click.echo(f"wrote {result.out}/metrics.json, errors.gpkg and plots")
+
+
+@main.command()
+@click.argument("raster")
+@click.option("--fields", "-f", required=True, help="Field polygons: any vector format, any CRS.")
+@click.option("--out", "-o", required=True, help="Fields layer with statistics: .gpkg, .geojson, .fgb or .parquet.")
+@click.option("--sensor", default=None,
+              help="Band preset: sentinel2-l2a, landsat8-9-oli, planetscope-4band, planetscope-8band, "
+                   "micasense-rededge-mx, dji-p4-multispectral.")
+@click.option("--bands", default=None, help="Band positions, e.g. nir=1,red=2,green=3 (override the preset).")
+@click.option("--index", default="ndvi", show_default=True, help="ndvi, ndre, gndvi, savi, evi or msavi2.")
+@click.option("--method", type=click.Choice(["percentile", "zscore", "absolute", "model"]), default="percentile",
+              show_default=True, help="How index values become healthy / moderate / severe.")
+@click.option("--thresholds", default=None,
+              help="SEVERE,MODERATE: index values (absolute, e.g. 0.4,0.6), deficits below the field's p90 "
+                   "(percentile, default 0.30,0.15) or z-scores (zscore, default -2,-1).")
+@click.option("--reference-percentile", type=float, default=90.0, show_default=True,
+              help="percentile: the field's reference level.")
+@click.option("--min-std", type=float, default=0.05, show_default=True,
+              help="zscore: floor of a field's standard deviation (index units).")
+@click.option("--model", "-m", default=None, help="method model: a segmentation bundle with classes "
+                                                  "healthy, moderate, severe.")
+@click.option("--exclude", default=None, help="Polygons (clouds, buildings...) left out of the statistics.")
+@click.option("--no-water-mask", "water", is_flag=True, flag_value=False, default=True,
+              help="Keep open water (NDWI > 0) in the statistics.")
+@click.option("--no-cloud-mask", "clouds", is_flag=True, flag_value=False, default=True,
+              help="Keep bright cloud pixels (needs red, green, blue) in the statistics.")
+@click.option("--id-column", default=None, help="Field id column (default: field_id, else 1..N).")
+@click.option("--baseline", default=None, help="Sentinel-2 processing baseline, e.g. 05.10 (sets the -0.1 offset).")
+@click.option("--scale", type=float, default=None, help="Reflectance = DN * scale + offset (overrides the preset).")
+@click.option("--offset", type=float, default=None, help="Reflectance offset (overrides the preset).")
+@click.option("--min-area", type=float, default=None, help="Drop stress polygons smaller than this (m²).")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--report", is_flag=True, help="Also write <stem>.report.html, an offline HTML map of the results.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or table.")
+@_friendly_errors
+def stress(raster: str, fields: str, out: str, quiet: bool, report: bool, **kwargs: Any) -> None:
+    """Map crop stress in RASTER and summarise it per field.
+
+    Writes the fields with index statistics and stress hectares (OUT), the stress
+    polygons, <stem>.<index>.tif, <stem>.stress.tif, <stem>.fields.csv,
+    <stem>.summary.json and <stem>.quicklook.png.
+    """
+    from geovision.workflows.stress import stress as run
+
+    result = run(raster, fields, out, progress=not quiet, **kwargs)
+    if report:
+        _write_report(result.vector_path, kwargs["overwrite"])
+
+
+@main.command()
+@click.argument("vector")
+@click.option("--out", "-o", default=None, help="The HTML page (default: <stem>.report.html beside VECTOR).")
+@click.option("--title", default=None, help="Page title (default: from the file name).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing page.")
+@_friendly_errors
+def report(vector: str, out: str | None, title: str | None, overwrite: bool) -> None:
+    """Write one self-contained, offline HTML map report of a geovision output VECTOR.
+
+    The page shows the vector layers, quicklooks of the <stem>.*.tif rasters beside
+    it, a legend, per-class counts and areas, a confidence histogram and any
+    evaluation plots. It needs no network: open it in any browser.
+    """
+    from geovision.report import write_report
+
+    click.echo(f"report: {write_report(vector, out, title=title, overwrite=overwrite)}")
 
 
 @main.group()

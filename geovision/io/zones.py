@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
@@ -22,7 +23,7 @@ import shapely
 from geovision.errors import VectorContentError, VectorReadError, warn
 from geovision.io.geo import as_pyproj_crs, measure
 
-__all__ = ["Zones", "column_name"]
+__all__ = ["Zones", "column_name", "read_polygons"]
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
 
@@ -30,6 +31,68 @@ _POLYGONAL = ("Polygon", "MultiPolygon")
 def column_name(class_name: str) -> str:
     """A column-safe form of a class name: ``"Palm tree"`` -> ``"palm_tree"``."""
     return re.sub(r"[^0-9a-zA-Z_]+", "_", class_name).strip("_").lower() or "class"
+
+
+def read_polygons(path: str | os.PathLike[str], crs: Any, *, what: str = "zone",
+                  examples: str = "fields, districts, ...") -> tuple[gpd.GeoDataFrame, np.ndarray]:
+    """Read a polygon layer, repair it, measure it on the ground and move it to ``crs``.
+
+    Features without geometry or with non-polygon geometry are dropped with a
+    warning; invalid polygons are repaired (``shapely.make_valid``).
+
+    Args:
+        path: a vector file (GeoPackage, GeoJSON, Shapefile, ...); its first layer is used.
+        crs: the CRS to move the polygons to (the raster's).
+        what: what the polygons are, for messages (``"zone"``, ``"field"``).
+        examples: examples of such polygons, for messages.
+
+    Returns:
+        ``(frame, area_m2)``: the kept features (original attributes, index reset, geometry
+        column ``geometry`` in ``crs``) and their true ground areas in m².
+
+    Raises:
+        VectorReadError: the file cannot be read.
+        VectorContentError: no features, no polygons, or no CRS.
+    """
+    path = str(path)
+    try:
+        frame = pyogrio.read_dataframe(path)
+    except Exception as exc:  # noqa: BLE001 - pyogrio's DataSourceError, OSError, ...
+        raise VectorReadError(
+            f"{path}: cannot read the {what}s ({exc}). Give a vector file GDAL can read "
+            f"(GeoPackage, GeoJSON, Shapefile, FlatGeobuf) holding {what} polygons."
+        ) from None
+    if not isinstance(frame, gpd.GeoDataFrame) or len(frame) == 0 or frame.geometry.isna().all():
+        raise VectorContentError(
+            f"{path}: holds no features with geometry; {what}s must be polygons ({examples})."
+        )
+    types = frame.geom_type.fillna("None")
+    polygonal = types.isin(_POLYGONAL) & ~frame.geometry.is_empty
+    if not polygonal.any():
+        found = ", ".join(f"{n} {t}" for t, n in types.value_counts().items())
+        raise VectorContentError(
+            f"{path}: has no polygons (found {found}); {what}s must be polygons ({examples})."
+        )
+    if not polygonal.all():
+        warn(f"{path}: {int((~polygonal).sum())} {what} feature(s) are empty or not polygons and were ignored.")
+        frame = frame[polygonal]
+    if frame.crs is None:
+        raise VectorContentError(
+            f"{path}: the {what}s have no CRS, so they cannot be placed on the raster. Set it, e.g. "
+            f"`ogr2ogr -a_srs EPSG:4326 fixed.gpkg {Path(path).name}`."
+        )
+    geoms = frame.geometry.values
+    invalid = ~shapely.is_valid(geoms)
+    if invalid.any():
+        warn(f"{path}: {int(invalid.sum())} invalid {what} polygon(s) were repaired (shapely.make_valid).")
+        fixed = shapely.make_valid(geoms[invalid], method="structure", keep_collapsed=False)
+        frame = frame.copy()
+        frame.loc[invalid, frame.geometry.name] = fixed
+    area, _ = measure(frame.geometry.values, frame.crs)
+    frame = frame.to_crs(as_pyproj_crs(crs))
+    if frame.geometry.name != "geometry":
+        frame = frame.rename_geometry("geometry")
+    return frame.reset_index(drop=True), area
 
 
 class Zones:
@@ -67,46 +130,8 @@ class Zones:
             VectorReadError: the file cannot be read.
             VectorContentError: no features, no polygons, or no CRS.
         """
-        path = str(path)
-        try:
-            frame = pyogrio.read_dataframe(path)
-        except Exception as exc:  # pyogrio's DataSourceError, OSError, ...
-            raise VectorReadError(
-                f"{path}: cannot read the zones ({exc}). Give a vector file GDAL can read "
-                "(GeoPackage, GeoJSON, Shapefile, FlatGeobuf) holding zone polygons."
-            ) from None
-        if not isinstance(frame, gpd.GeoDataFrame) or frame.geometry.isna().all() or len(frame) == 0:
-            raise VectorContentError(
-                f"{path}: holds no features with geometry; zones must be polygons (fields, districts, ...)."
-            )
-        types = frame.geom_type.fillna("None")
-        polygonal = types.isin(_POLYGONAL)
-        if not polygonal.any():
-            found = ", ".join(f"{n} {t}" for t, n in types.value_counts().items())
-            raise VectorContentError(
-                f"{path}: has no polygons (found {found}); zones must be polygons, for example field or "
-                "district boundaries."
-            )
-        if not polygonal.all():
-            warn(f"{path}: {int((~polygonal).sum())} zone feature(s) are not polygons and were ignored.")
-            frame = frame[polygonal]
-        if frame.crs is None:
-            raise VectorContentError(
-                f"{path}: the zones have no CRS, so they cannot be placed on the raster. Set it, e.g. "
-                "`ogr2ogr -a_srs EPSG:4326 fixed.gpkg zones.gpkg`."
-            )
-        geoms = frame.geometry.values
-        invalid = ~shapely.is_valid(geoms)
-        if invalid.any():
-            warn(f"{path}: {int(invalid.sum())} invalid zone polygon(s) were repaired (shapely.make_valid).")
-            fixed = shapely.make_valid(geoms[invalid], method="structure", keep_collapsed=False)
-            frame = frame.copy()
-            frame.loc[invalid, frame.geometry.name] = fixed
-        area, _ = measure(frame.geometry.values, frame.crs)
-        frame = frame.to_crs(as_pyproj_crs(crs))
-        if frame.geometry.name != "geometry":
-            frame = frame.rename_geometry("geometry")
-        return cls(path, frame, area, class_names)
+        frame, area = read_polygons(path, crs, what="zone", examples="fields, districts, ...")
+        return cls(str(path), frame, area, class_names)
 
     def check_overlap(self, bounds: tuple[float, float, float, float]) -> None:
         """Warn when no zone touches ``bounds`` (the rasters' extent in their CRS)."""
