@@ -343,3 +343,23 @@ def test_cli_stress(tmp_path) -> None:
                                  "--method", "zscore", "--thresholds", "-1,-2", "--out", str(tmp_path / "o3.gpkg")])
     assert order.exit_code == 1 and "wrong order" in order.output
     assert not (tmp_path / "o2.gpkg").exists() and not (tmp_path / "o3.gpkg").exists()
+
+
+def test_clouds_and_exclusions_are_masked_with_a_sensor_preset(tmp_path) -> None:
+    # PlanetScope 4-band order: blue, green, red, nir; reflectance * 10 000
+    data = np.empty((4, 96, 96), np.uint16)
+    data[:] = np.array([300, 800, 500, 4500], np.uint16)[:, None, None]  # healthy crop, NDVI 0.8
+    data[:, 20:40, 20:50] = np.array([4500, 4600, 4700, 5200], np.uint16)[:, None, None]  # bright cloud
+    raster = write_raster(tmp_path / "ps.tif", data, transform=T, nodata=0)
+    fields = tmp_path / "f.gpkg"
+    gpd.GeoDataFrame(geometry=[px_box(10, 10, 90, 90)], crs=UTM).to_file(fields)
+    exclude = tmp_path / "x.gpkg"  # e.g. a farmyard, in another CRS
+    gpd.GeoDataFrame(geometry=[px_box(60, 60, 70, 80)], crs=UTM).to_crs("EPSG:4326").to_file(exclude)
+    result = stress(raster, fields, tmp_path / "o.gpkg", sensor="planetscope-4band", exclude=exclude,
+                    progress=False)
+    row = pyogrio.read_dataframe(result.vector_path, layer="fields").iloc[0]
+    assert row["masked_ha"] * 1e4 == pytest.approx((20 * 30 + 10 * 20) * PX * PX, rel=1e-3)
+    assert row["ndvi_mean"] == pytest.approx(0.8, abs=1e-4) and row["stressed_ha"] == 0
+    assert result.summary["inputs"]["reflectance_scale"] == pytest.approx(1e-4)
+    with rasterio.open(result.stress_raster) as ds:
+        assert (ds.read(1)[25:35, 25:45] == 5).all()  # masked
