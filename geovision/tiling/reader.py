@@ -25,7 +25,14 @@ GDAL_CACHE_MB = int(os.environ.get("GEOVISION_GDAL_CACHEMAX", "64"))
 
 
 def gdal_env() -> rasterio.Env:
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+    """A ``rasterio.Env`` with GDAL's block cache capped at :data:`GDAL_CACHE_MB` megabytes.
+
+    rasterio hands an integer ``GDAL_CACHEMAX`` to ``GDALSetCacheMax64``, which counts
+    bytes (unlike the environment variable, where small numbers mean megabytes): 64
+    would be a 64-byte cache, so every row of a decimated read decompresses its
+    blocks again (a 2048² drift sample took 20 s instead of 0.1 s).
+    """
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
 
 
 @dataclass(frozen=True, slots=True)
