@@ -12,20 +12,28 @@ Python loops; objects are drawn into their own small windows):
 * an irregular nodata strip along one edge (every band 0; real pixels are >= 1).
 
 :func:`make_sample_scene` writes it as a 4-band uint8 GeoTIFF (red, green, blue,
-NIR) in UTM, plus ``<stem>.truth.tif`` with the building mask. The same arguments
-give byte-identical files. Sizes are in metres and converted with ``pixel_m``, so
-other resolutions give the same landscape at a different pixel size.
+NIR) in UTM, plus ``<stem>.truth.tif`` with the building mask and
+``<stem>.trees.gpkg`` with one box per visible tree crown (the detection truth).
+The same arguments give byte-identical rasters and the same boxes. Sizes are in
+metres and converted with ``pixel_m``, so other resolutions give the same
+landscape at a different pixel size.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from geovision.errors import ConfigError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+    from affine import Affine
+    from rasterio.crs import CRS
 
 __all__ = [
     "BAND_NAMES",
@@ -37,16 +45,23 @@ __all__ = [
     "ROAD",
     "STRESSED_CROP",
     "TREE",
+    "TREES_LAYER",
+    "TREE_MIN_VISIBLE",
     "SampleScene",
     "SceneArrays",
     "make_sample_scene",
+    "read_tree_truth",
     "read_truth",
     "render_scene",
+    "tree_truth_path",
     "truth_path",
 ]
 
 BAND_NAMES = ("red", "green", "blue", "nir")
 """Band order of the sample image."""
+
+TREES_LAYER = "trees"
+"""Layer of ``<stem>.trees.gpkg``."""
 
 # Land-cover codes of SceneArrays.land_cover (what was drawn last at each pixel).
 GROUND, BUILDING, ROAD, TREE, CROP, STRESSED_CROP = 0, 1, 2, 3, 4, 5
@@ -54,6 +69,12 @@ NODATA = 255
 LAND_COVER = {GROUND: "ground", BUILDING: "building", ROAD: "road", TREE: "tree", CROP: "crop",
               STRESSED_CROP: "stressed_crop"}
 """Land-cover code -> name (255 is nodata)."""
+
+TREE_MIN_VISIBLE = 0.5
+"""A drawn crown is a tree of the truth when at least this share of its pixels inside the
+scene is still tree at the end (not under a later crown, a building or nodata)."""
+
+_TREE_MIN_WHOLE = 0.25  # ... and at least this share of its whole disc (drops slivers at the scene edge)
 
 DEFAULT_ORIGIN = (450_000.0, 40_000.0)
 """Upper-left corner (x, y) in metres: near Kampala in UTM zone 36N (EPSG:32636)."""
@@ -81,11 +102,22 @@ class SceneArrays:
         image: ``(4, rows, cols)`` uint8 red, green, blue, NIR; 0 only on nodata pixels.
         land_cover: ``(rows, cols)`` uint8 codes (:data:`LAND_COVER`), 255 on nodata.
         buildings: how many buildings were drawn (some may be cut by the nodata strip).
+        tree_bbox_xyxy: ``(n, 4)`` float64 boxes of the visible tree crowns, ``(col0, row0,
+            col1, row1)`` in pixels of the scene (pixel edges: a crown covering columns
+            10..19 has ``col0 = 10``, ``col1 = 20``): the bounds of the pixels where the
+            crown is still tree at the end. A crown counts when at least
+            :data:`TREE_MIN_VISIBLE` of its pixels inside the scene (and a quarter of its
+            whole disc) are still tree; crowns mostly hidden by later crowns, buildings or
+            nodata, or mostly outside the scene, are left out.
+        tree_crowns: ``(n, 3)`` float64 ``(col, row, radius)`` in pixels of the same crowns
+            (centre in pixel-edge coordinates, like the boxes).
     """
 
     image: np.ndarray
     land_cover: np.ndarray
     buildings: int
+    tree_bbox_xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    tree_crowns: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
 
     @property
     def valid(self) -> np.ndarray:
@@ -112,6 +144,9 @@ class SampleScene:
         seed: the random seed.
         crs: the CRS, e.g. ``"EPSG:32636"``.
         buildings: buildings drawn.
+        trees_path: ``<stem>.trees.gpkg``: layer ``trees``, one box polygon per visible
+            tree crown in map coordinates, column ``class_name`` = ``"tree"``.
+        trees: boxes in ``trees_path``.
     """
 
     path: Path
@@ -121,10 +156,16 @@ class SampleScene:
     seed: int
     crs: str
     buildings: int
+    trees_path: Path | None = None
+    trees: int = 0
 
     def truth(self) -> np.ndarray:
         """The building truth mask, ``(rows, cols)`` uint8 (0, 1, 255 nodata)."""
         return read_truth(self.path)
+
+    def tree_truth(self) -> gpd.GeoDataFrame:
+        """The tree crown boxes, a GeoDataFrame (see :func:`read_tree_truth`)."""
+        return read_tree_truth(self.path)
 
 
 def truth_path(path: str | os.PathLike[str]) -> Path:
@@ -141,6 +182,24 @@ def read_truth(path: str | os.PathLike[str]) -> np.ndarray:
         return ds.read(1)
 
 
+def tree_truth_path(path: str | os.PathLike[str]) -> Path:
+    """Where the tree truth of the sample image ``path`` lives: ``<stem>.trees.gpkg`` beside it."""
+    path = Path(path)
+    return path.with_name(path.stem + ".trees.gpkg")
+
+
+def read_tree_truth(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
+    """Read the tree crown boxes of the sample image ``path``.
+
+    Returns:
+        A GeoDataFrame in the scene's CRS: one box polygon per visible crown, with
+        ``class_name`` (``"tree"``) and ``radius_m`` (the drawn crown's radius).
+    """
+    import pyogrio
+
+    return pyogrio.read_dataframe(tree_truth_path(path), layer=TREES_LAYER)
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -153,7 +212,7 @@ def render_scene(size: int = 2048, *, pixel_m: float = 0.3, seed: int = 0) -> Sc
         seed: random seed; the same arguments give identical arrays.
 
     Returns:
-        The image, its land cover and the number of buildings.
+        The image, its land cover, the number of buildings and the visible tree crowns.
 
     Raises:
         ConfigError: ``size`` or ``pixel_m`` out of range.
@@ -177,6 +236,10 @@ class _Painter:
         self.grid_angle = float(rng.uniform(-0.35, 0.35))
         sun = float(rng.uniform(0.0, 2 * np.pi))
         self.shadow_dir = (float(np.sin(sun)), float(np.cos(sun)))
+        # which crown drew each pixel last (-1: none) and each crown's (col, row, radius, pixels in scene):
+        # only recorded, never drawn, so the image is the same with or without it
+        self.crown_owner: np.ndarray | None = None
+        self.crowns: list[tuple[float, float, float, int]] = []
 
     def m(self, metres: float | np.ndarray) -> float | np.ndarray:
         """Metres to pixels."""
@@ -201,7 +264,9 @@ class _Painter:
             np.copyto(image[b], band, casting="unsafe")
             image[b][~valid] = 0
         self.cover[~valid] = NODATA
-        return SceneArrays(image=image, land_cover=self.cover, buildings=buildings)
+        boxes, crowns = self._visible_crowns()
+        return SceneArrays(image=image, land_cover=self.cover, buildings=buildings, tree_bbox_xyxy=boxes,
+                           tree_crowns=crowns)
 
     # --- ground ----------------------------------------------------------------------
 
@@ -299,13 +364,53 @@ class _Painter:
             window = self.img[:, rows, cols]
             window[:, inside] = tree * light.astype(np.float32)
             self.cover[rows, cols][inside] = TREE
+            self._record_crown(rows, cols, inside, float(cx), float(cy), float(r))
+
+    def _record_crown(self, rows: slice, cols: slice, inside: np.ndarray, cx: float, cy: float, r: float) -> None:
+        """Note a drawn crown: it owns its pixels until something is drawn over them."""
+        if self.crown_owner is None:
+            self.crown_owner = np.full((self.n, self.n), -1, dtype=np.int32)
+        self.crown_owner[rows, cols][inside] = len(self.crowns)
+        self.crowns.append((cx, cy, r, int(inside.sum())))
+
+    def _visible_crowns(self) -> tuple[np.ndarray, np.ndarray]:
+        """The crowns still visible in the finished scene: ``(n, 4)`` boxes xyxy and ``(n, 3)`` (col, row, radius).
+
+        A crown's visible pixels are those it drew last whose final land cover is still
+        TREE (a later crown, a building or the nodata strip takes pixels away). It is kept
+        when they are at least TREE_MIN_VISIBLE of its pixels inside the scene and
+        _TREE_MIN_WHOLE of its whole disc; its box is their bounds.
+        """
+        empty = np.zeros((0, 4)), np.zeros((0, 3))
+        if self.crown_owner is None or not self.crowns:
+            return empty
+        owner = np.where(self.cover == TREE, self.crown_owner, -1)
+        rows, cols = np.nonzero(owner >= 0)
+        ids = owner[rows, cols]
+        k = len(self.crowns)
+        visible = np.bincount(ids, minlength=k)
+        crowns = np.asarray(self.crowns, dtype=np.float64)  # col, row, radius, pixels in scene
+        whole = np.pi * crowns[:, 2] ** 2
+        keep = (visible >= TREE_MIN_VISIBLE * crowns[:, 3]) & (visible >= _TREE_MIN_WHOLE * whole) & (visible > 0)
+        if not keep.any():
+            return empty
+        col0 = np.full(k, self.n, dtype=np.int64)
+        row0 = np.full(k, self.n, dtype=np.int64)
+        col1 = np.full(k, -1, dtype=np.int64)
+        row1 = np.full(k, -1, dtype=np.int64)
+        np.minimum.at(col0, ids, cols)
+        np.minimum.at(row0, ids, rows)
+        np.maximum.at(col1, ids, cols)
+        np.maximum.at(row1, ids, rows)
+        boxes = np.column_stack([col0, row0, col1 + 1, row1 + 1]).astype(np.float64)[keep]
+        return boxes, crowns[keep, :3].copy()
 
     # --- buildings -------------------------------------------------------------------
 
     def _draw_buildings(self, road: np.ndarray) -> int:
         """Buildings on a grid of 30 m cells, at most one per cell, none on roads or fields."""
         rng, n = self.rng, self.n
-        cell = int(round(self.m(30.0)))
+        cell = round(float(self.m(30.0)))
         cells = n // cell
         if cells == 0:
             return 0
@@ -469,11 +574,15 @@ def make_sample_scene(
     crs: str = "EPSG:32636",
     origin: tuple[float, float] = DEFAULT_ORIGIN,
 ) -> SampleScene:
-    """Write the sample scene and its building truth as GeoTIFFs.
+    """Write the sample scene and its building truth as GeoTIFFs, and its tree truth as boxes.
 
     The image is 4 bands of uint8 (red, green, blue, NIR; band descriptions set),
     tiled 256×256, deflate-compressed, nodata 0. ``<stem>.truth.tif`` beside it is
     uint8: 0 background, 1 building, 255 nodata. Same arguments, same bytes.
+    ``<stem>.trees.gpkg`` holds layer ``trees``: one box polygon per visible tree crown
+    (:attr:`SceneArrays.tree_bbox_xyxy`) in map coordinates, with ``class_name``
+    ``"tree"`` and ``radius_m``; same arguments, same boxes (the GeoPackage's bytes
+    may differ: it holds timestamps).
 
     Args:
         path: the GeoTIFF to write (replaced if it exists); its folder must exist.
@@ -509,9 +618,9 @@ def make_sample_scene(
 
     scene = render_scene(size, pixel_m=pixel_m, seed=seed)
     transform = Affine(pixel_m, 0.0, origin[0], 0.0, -pixel_m, origin[1])
-    common = dict(driver="GTiff", height=size, width=size, crs=crs_obj, transform=transform, tiled=True,
-                  blockxsize=256, blockysize=256, compress="deflate")
-    tags = dict(geovision_sample_seed=str(seed), geovision_sample_pixel_m=repr(pixel_m))
+    common = {"driver": "GTiff", "height": size, "width": size, "crs": crs_obj, "transform": transform,
+              "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+    tags = {"geovision_sample_seed": str(seed), "geovision_sample_pixel_m": repr(pixel_m)}
     # RGB photometric with an unspecified 4th sample: NIR is data, not alpha
     with rasterio.open(path, "w", count=4, dtype="uint8", nodata=0, interleave="pixel", photometric="RGB",
                        alpha="UNSPECIFIED", **common) as ds:
@@ -525,5 +634,28 @@ def make_sample_scene(
         ds.set_band_description(1, "building")
         ds.write_colormap(1, {0: (0, 0, 0, 255), 1: (230, 25, 75, 255)})
         ds.update_tags(**tags)
+    trees = _write_trees(tree_truth_path(path), scene, transform, crs_obj, pixel_m)
     return SampleScene(path=path, truth_path=tpath, size=size, pixel_m=float(pixel_m), seed=seed,
-                       crs=crs_obj.to_string(), buildings=scene.buildings)
+                       crs=crs_obj.to_string(), buildings=scene.buildings, trees_path=trees,
+                       trees=len(scene.tree_bbox_xyxy))
+
+
+def _write_trees(path: Path, scene: SceneArrays, transform: Affine, crs: CRS, pixel_m: float) -> Path:
+    """Write the visible crowns' boxes in map coordinates to ``path`` (replaced), layer :data:`TREES_LAYER`."""
+    import geopandas as gpd
+    import pyogrio
+    import shapely
+
+    boxes = scene.tree_bbox_xyxy
+    t = transform
+    x0, y0 = t.a * boxes[:, 0] + t.b * boxes[:, 1] + t.c, t.d * boxes[:, 0] + t.e * boxes[:, 1] + t.f
+    x1, y1 = t.a * boxes[:, 2] + t.b * boxes[:, 3] + t.c, t.d * boxes[:, 2] + t.e * boxes[:, 3] + t.f
+    geoms = shapely.box(np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1))
+    frame = gpd.GeoDataFrame(
+        {"class_name": np.full(len(boxes), "tree", dtype=object),
+         "radius_m": np.round(scene.tree_crowns[:, 2] * pixel_m, 3)},
+        geometry=np.asarray(geoms, dtype=object).reshape(-1), crs=crs.to_wkt(),
+    )
+    path.unlink(missing_ok=True)
+    pyogrio.write_dataframe(frame, path, layer=TREES_LAYER, driver="GPKG")
+    return path

@@ -12,7 +12,18 @@ from rasterio.enums import ColorInterp
 
 from geovision.errors import BundleError, ConfigError, OutputExistsError
 from geovision.models.bundle import read_config
-from geovision.sample import BAND_NAMES, BUILDING, NODATA, make_sample_scene, render_scene
+from geovision.sample import (
+    BAND_NAMES,
+    BUILDING,
+    NODATA,
+    TREE,
+    TREE_MIN_VISIBLE,
+    TREES_LAYER,
+    make_sample_scene,
+    read_tree_truth,
+    render_scene,
+    tree_truth_path,
+)
 from geovision.workflows import demo
 from geovision.workflows.demo import run_demo, sample_bundle, score_buildings
 
@@ -53,6 +64,82 @@ def test_render_matches_the_file_and_labels_buildings(tmp_path: Path) -> None:
     with rasterio.open(scene.path) as ds:
         assert np.array_equal(ds.read(), arrays.image)
     assert np.array_equal(scene.truth() == 1, arrays.land_cover == BUILDING)
+
+
+
+def test_tree_boxes_lie_on_visible_crowns() -> None:
+    arrays = render_scene(512, seed=7)
+    boxes, crowns = arrays.tree_bbox_xyxy, arrays.tree_crowns
+    assert len(boxes) >= 5 and boxes.shape == (len(crowns), 4) and crowns.shape[1] == 3
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 512).all()
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    tree = arrays.land_cover == TREE
+    covered = np.zeros_like(tree)
+    for (x0, y0, x1, y1), (cx, cy, r) in zip(boxes.astype(int), crowns):
+        inside = tree[y0:y1, x0:x1]
+        # every side of the box touches tree pixels (the box is the bounds of visible crown pixels)
+        assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+        # ... of this crown: the box lies within its disc's bounds (one pixel of slack)
+        assert x0 >= cx - r - 1 and x1 <= cx + r + 1 and y0 >= cy - r - 1 and y1 <= cy + r + 1
+        # a crown counts when at least half of its pixels in the scene are still tree
+        rows, cols = np.mgrid[0:512, 0:512]
+        disc = np.hypot(rows + 0.5 - cy, cols + 0.5 - cx) <= r
+        assert (tree & disc).sum() >= TREE_MIN_VISIBLE * disc.sum()
+        covered[y0:y1, x0:x1] = True
+    assert covered[tree].mean() > 0.9  # nearly every tree pixel belongs to a recorded crown
+
+
+def test_hidden_crowns_are_left_out() -> None:
+    """Crowns under buildings or the nodata strip are dropped; the rest are kept."""
+    from geovision.sample import _Painter
+
+    painter = _Painter(1024, 0.3, np.random.default_rng(3))
+    arrays = painter.paint()
+    drawn = len(painter.crowns)
+    assert 0 < len(arrays.tree_bbox_xyxy) < drawn  # some crowns are hidden at this seed, not all
+    for x0, y0, x1, y1 in arrays.tree_bbox_xyxy.astype(int):
+        assert arrays.valid[y0:y1, x0:x1].any()
+
+
+def test_tree_truth_file(tmp_path: Path) -> None:
+    scene = make_sample_scene(tmp_path / "s.tif", size=512, seed=7)
+    arrays = render_scene(512, seed=7)
+    assert scene.trees_path == tree_truth_path(scene.path) == tmp_path / "s.trees.gpkg"
+    assert scene.trees == len(arrays.tree_bbox_xyxy) > 0
+    frame = read_tree_truth(scene.path)
+    assert frame.crs.to_epsg() == 32636
+    assert len(frame) == scene.trees and set(frame["class_name"]) == {"tree"}
+    import pyogrio
+
+    assert [name for name, _ in pyogrio.list_layers(scene.trees_path)] == [TREES_LAYER]
+    # map boxes are the pixel boxes through the scene's transform
+    with rasterio.open(scene.path) as ds:
+        transform, bounds = ds.transform, ds.bounds
+    boxes = arrays.tree_bbox_xyxy
+    x0, y1 = transform.c + boxes[:, 0] * transform.a, transform.f + boxes[:, 1] * transform.e
+    x1, y0 = transform.c + boxes[:, 2] * transform.a, transform.f + boxes[:, 3] * transform.e
+    np.testing.assert_allclose(frame.geometry.bounds.to_numpy(), np.column_stack([x0, y0, x1, y1]))
+    total = frame.total_bounds
+    assert total[0] >= bounds.left and total[1] >= bounds.bottom and total[2] <= bounds.right and total[3] <= bounds.top
+    assert (frame["radius_m"].between(1.5, 5.0)).all()
+
+
+def test_tree_truth_is_deterministic(tmp_path: Path) -> None:
+    a = make_sample_scene(tmp_path / "a.tif", size=256, seed=11)
+    b = make_sample_scene(tmp_path / "b.tif", size=256, seed=11)
+    c = make_sample_scene(tmp_path / "c.tif", size=256, seed=12)
+    ta, tb, tc = (read_tree_truth(s.path) for s in (a, b, c))
+    assert len(ta) > 0
+    assert ta.geometry.geom_equals_exact(tb.geometry, tolerance=0).all()
+    assert len(ta) != len(tc) or not ta.geometry.geom_equals_exact(tc.geometry, tolerance=0).all()
+    make_sample_scene(tmp_path / "a.tif", size=256, seed=12)  # rewriting replaces the boxes
+    assert len(read_tree_truth(a.path)) == len(tc)
+
+
+def test_scene_without_trees_writes_an_empty_layer(tmp_path: Path) -> None:
+    scene = make_sample_scene(tmp_path / "s.tif", size=64, seed=1)
+    frame = read_tree_truth(scene.path)
+    assert scene.trees == len(frame) == 0 and frame.crs.to_epsg() == 32636
 
 
 @pytest.mark.parametrize("kwargs", [{"crs": "EPSG:4326"}, {"size": 10}, {"pixel_m": 0.0}])
