@@ -11,6 +11,12 @@ Run from the repository root::
 
     python scripts/train_sample_model.py            # about 5 minutes on 2 CPU cores
     python scripts/train_sample_model.py --steps 50 --out /tmp/quick.safetensors
+    python scripts/train_sample_model.py --add-drift-reference   # same weights, drift reference added
+
+The bundle records the per-band distribution of its training scenes (the drift
+reference ``geovision predict`` scores new imagery against), sampled as
+``geovision train`` samples its rasters (:func:`geovision.io.drift.sample_raster`,
+a 256 x 256 grid per scene).
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's choice; use 1 on a busy 2-core machine)")
     p.add_argument("--eval-size", type=int, default=2048, help="edge of the held-out scene (seed 0)")
+    p.add_argument("--add-drift-reference", action="store_true",
+                   help="do not train: re-save --out with its weights and config and the drift reference of its "
+                        "training scenes (its provenance's train_seeds and train_scene_size)")
     return p.parse_args(argv)
 
 
@@ -175,11 +184,40 @@ def evaluate(bundle: Path, size: int, workdir: Path) -> dict[str, float | int]:
             "predict_seconds": round(seconds, 1)}
 
 
+# --------------------------------------------------------------------------- drift
+
+
+def drift_reference(seeds: list[int], scene_size: int, bands: list[int], workdir: Path) -> dict:
+    """The training scenes' per-band pixel distribution, sampled as ``geovision train`` does."""
+    from geovision.io.drift import reference, sample_raster
+
+    samples = []
+    for seed in seeds:
+        scene = make_sample_scene(workdir / f"drift_{seed}.tif", size=scene_size, seed=seed)
+        samples.append(sample_raster(str(scene.path), bands, max_side=256))
+    return reference(np.concatenate(samples, axis=1))
+
+
+def add_drift_reference(path: Path) -> int:
+    """Re-save the bundle at ``path`` with the same weights and config plus its training scenes' drift reference."""
+    config, state = load_bundle(path)
+    seeds, size = config.provenance["train_seeds"], config.provenance["train_scene_size"]
+    with tempfile.TemporaryDirectory(prefix="geovision-drift-") as tmp:
+        ref = drift_reference(seeds, size, list(config.bands), Path(tmp))
+    provenance = {**config.provenance, "drift_reference": f"training scenes (seeds {seeds[0]}..{seeds[-1]}, "
+                  f"{size} px), geovision.io.drift.sample_raster max_side 256, added by --add-drift-reference"}
+    save_bundle(path, config.model_copy(update={"drift_reference": ref, "provenance": provenance}), state)
+    print(f"{path}: drift reference of {ref['pixels']} pixels over bands {config.band_names} added; weights unchanged")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.add_drift_reference:
+        return add_drift_reference(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -207,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
         seconds = train(model, sampler, norm, args)
         model.eval()
+        ref = drift_reference(seeds, args.scene_size, [1, 2, 3], workdir)
         provenance = {
             "created_by": "scripts/train_sample_model.py",
             "trained": True,
@@ -225,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+            "drift_reference": "training scenes, geovision.io.drift.sample_raster max_side 256",
         }
         state = {k: v.detach().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
         candidate = workdir / "trained.safetensors"
+        config = config.model_copy(update={"drift_reference": ref})
         save_bundle(candidate, config.model_copy(update={"provenance": provenance}), state)
         heldout = evaluate(candidate, args.eval_size, workdir)
         provenance["heldout"] = heldout
