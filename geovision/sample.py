@@ -54,6 +54,7 @@ __all__ = [
     "read_truth",
     "render_scene",
     "tree_truth_path",
+    "fields_path",
     "truth_path",
 ]
 
@@ -111,6 +112,8 @@ class SceneArrays:
             nodata, or mostly outside the scene, are left out.
         tree_crowns: ``(n, 3)`` float64 ``(col, row, radius)`` in pixels of the same crowns
             (centre in pixel-edge coordinates, like the boxes).
+        field_id: ``(rows, cols)`` uint16, the field (1..) each pixel belongs to, 0 outside the
+            fields: the crop pixels at the end (roads drawn across a field cut it; nodata does not).
     """
 
     image: np.ndarray
@@ -118,6 +121,8 @@ class SceneArrays:
     buildings: int
     tree_bbox_xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     tree_crowns: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    field_id: np.ndarray | None = None
+    stress_patch: np.ndarray | None = None
 
     @property
     def valid(self) -> np.ndarray:
@@ -147,6 +152,10 @@ class SampleScene:
         trees_path: ``<stem>.trees.gpkg``: layer ``trees``, one box polygon per visible
             tree crown in map coordinates, column ``class_name`` = ``"tree"``.
         trees: boxes in ``trees_path``.
+        fields_path: ``<stem>.fields.gpkg``: layer ``fields``, one polygon per field with
+            ``field_id``, ``area_m2`` and ``stressed_m2`` (stressed crop drawn in it: the truth
+            for the crop-stress workflow).
+        fields: polygons in ``fields_path``.
     """
 
     path: Path
@@ -158,6 +167,8 @@ class SampleScene:
     buildings: int
     trees_path: Path | None = None
     trees: int = 0
+    fields_path: Path | None = None
+    fields: int = 0
 
     def truth(self) -> np.ndarray:
         """The building truth mask, ``(rows, cols)`` uint8 (0, 1, 255 nodata)."""
@@ -256,6 +267,8 @@ class _Painter:
         self._draw_trees()
         buildings = self._draw_buildings(road)
         self._finish()
+        # a field is what is still crop at the end (roads cross fields); imagery nodata does not cut it
+        field_id = np.where(np.isin(self.cover, (CROP, STRESSED_CROP)), self.field_id, 0).astype(np.uint16)
         valid = self._nodata_strip()
         image = np.empty(self.img.shape, dtype=np.uint8)
         for b in range(4):
@@ -266,7 +279,8 @@ class _Painter:
         self.cover[~valid] = NODATA
         boxes, crowns = self._visible_crowns()
         return SceneArrays(image=image, land_cover=self.cover, buildings=buildings, tree_bbox_xyxy=boxes,
-                           tree_crowns=crowns)
+                           tree_crowns=crowns, field_id=field_id,
+                           stress_patch=self.stress_patch & (field_id > 0))
 
     # --- ground ----------------------------------------------------------------------
 
@@ -287,6 +301,9 @@ class _Painter:
     def _draw_fields(self) -> None:
         rng = self.rng
         self.field = np.zeros((self.n, self.n), dtype=bool)
+        self.field_id = np.zeros((self.n, self.n), dtype=np.uint16)  # last field drawn at each pixel
+        self.stress_patch = np.zeros((self.n, self.n), dtype=bool)  # stressed part of that field, rows and gaps
+        next_id = 0
         crop = np.asarray(_CROP, np.float32)[:, None]
         soil = np.asarray(_SOIL, np.float32)[:, None] * 0.92
         for _ in range(self.count(10.0)):
@@ -315,6 +332,9 @@ class _Painter:
             cover = self.cover[rows, cols]
             cover[inside] = np.where(stress & (rows_on > 0.5), STRESSED_CROP, CROP)
             self.field[rows, cols] |= inside
+            next_id += 1
+            self.field_id[rows, cols][inside] = next_id
+            self.stress_patch[rows, cols][inside] = stress
 
     # --- roads -----------------------------------------------------------------------
 
@@ -635,9 +655,43 @@ def make_sample_scene(
         ds.write_colormap(1, {0: (0, 0, 0, 255), 1: (230, 25, 75, 255)})
         ds.update_tags(**tags)
     trees = _write_trees(tree_truth_path(path), scene, transform, crs_obj, pixel_m)
+    fields, n_fields = _write_fields(fields_path(path), scene, transform, crs_obj, pixel_m)
     return SampleScene(path=path, truth_path=tpath, size=size, pixel_m=float(pixel_m), seed=seed,
                        crs=crs_obj.to_string(), buildings=scene.buildings, trees_path=trees,
-                       trees=len(scene.tree_bbox_xyxy))
+                       trees=len(scene.tree_bbox_xyxy), fields_path=fields, fields=n_fields)
+
+
+def fields_path(path: str | os.PathLike[str]) -> Path:
+    """Where the field boundaries of the sample image ``path`` live: ``<stem>.fields.gpkg`` beside it."""
+    path = Path(path)
+    return path.with_name(path.stem + ".fields.gpkg")
+
+
+def _write_fields(path: Path, scene: SceneArrays, transform: Affine, crs: CRS, pixel_m: float) -> tuple[Path, int]:
+    """Write one polygon per field (parts under 200 m², slivers between roads, dropped) to ``path``."""
+    import geopandas as gpd
+    import pyogrio
+    import shapely
+    from rasterio.features import shapes
+
+    ids = scene.field_id
+    parts: dict[int, list] = {}
+    for geom, value in shapes(ids, mask=ids > 0, transform=transform, connectivity=4):
+        poly = shapely.geometry.shape(geom)
+        if poly.area >= 200.0:
+            parts.setdefault(int(value), []).append(poly)
+    keys = sorted(parts)
+    stressed = np.bincount(ids[scene.stress_patch].ravel(), minlength=int(ids.max()) + 1)
+    geoms = [shapely.union_all(parts[k]) for k in keys]
+    frame = gpd.GeoDataFrame(
+        {"field_id": np.arange(1, len(keys) + 1), "crop": np.full(len(keys), "maize", dtype=object),
+         "area_m2": np.round(shapely.area(geoms), 2),
+         "stressed_m2": np.round(stressed[keys] * pixel_m**2, 2) if keys else np.zeros(0)},
+        geometry=geoms, crs=crs.to_wkt(),
+    )
+    path.unlink(missing_ok=True)
+    pyogrio.write_dataframe(frame, path, layer="fields", driver="GPKG", promote_to_multi=True)
+    return path, len(frame)
 
 
 def _write_trees(path: Path, scene: SceneArrays, transform: Affine, crs: CRS, pixel_m: float) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import geopandas as gpd
@@ -180,15 +182,27 @@ def test_score_buildings() -> None:
 
 
 def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_demo(tmp_path, size=512, progress=True)
-    for path in (result.image, result.truth, result.vector, result.classes, result.probabilities, result.summary):
+    import pyogrio
+
+    result = run_demo(tmp_path, size=768, progress=True)  # 768 px: the smallest seed-0 scene with fields
+    for path in (result.image, result.truth, result.vector, result.classes, result.probabilities, result.summary,
+                 result.gpkg, result.report_html):
         assert path.exists() and path.parent == tmp_path
     assert result.iou >= 0.7
     assert result.buildings_found >= 1 and result.truth_buildings >= 1
     assert len(gpd.read_file(result.vector)) == result.buildings_found
-    assert f"{result.iou:.3f}" in capsys.readouterr().out
+    assert {name for name, _ in pyogrio.list_layers(result.gpkg)} == {"buildings", "trees", "fields", "stress"}
+    assert result.trees_found >= 0.7 * result.truth_trees and result.trees_matched >= 0.7 * result.trees_found
+    assert result.fields == 3 and result.truth_stressed_ha > 0
+    assert 0.5 * result.truth_stressed_ha <= result.stressed_ha <= 2 * result.truth_stressed_ha
+    summary = json.loads(result.summary.read_text())
+    assert summary["scores"]["trees"]["truth"] == result.truth_trees and "tree" in summary["classes"]
+    html = result.report_html.read_text()
+    assert "leaflet" in html.lower() and "stress" in html
+    out = capsys.readouterr().out
+    assert f"{result.iou:.3f}" in out and str(result.report_html) in out
     with pytest.raises(OutputExistsError, match="overwrite"):
-        run_demo(tmp_path, size=512, overwrite=False, progress=False)
+        run_demo(tmp_path, size=768, overwrite=False, progress=False)
 
 
 def test_demo_without_the_shipped_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,15 +1,24 @@
-"""``geovision demo``: segment the built-in sample scene with the shipped building model.
+"""``geovision demo``: the built-in sample scene through every workflow, scored and reported.
 
-Writes a synthetic 4-band scene (:mod:`geovision.sample`, seed 0, which the
-shipped model never saw in training), runs :func:`~geovision.workflows.predict.predict`
-on it with ``geovision/data/sample_buildings.safetensors`` and scores the result
-against the scene's truth raster: building IoU over valid pixels, and the number
-of buildings found against the number drawn.
+Writes a synthetic 4-band scene (:mod:`geovision.sample`, seed 0, which the shipped
+models never saw in training), then runs
+
+* :func:`~geovision.workflows.predict.predict` with the shipped building model
+  (``geovision/data/sample_buildings.safetensors``, segmentation),
+* :func:`~geovision.workflows.predict.predict` with the shipped tree-crown detector
+  (``geovision/data/sample_trees.safetensors``),
+* :func:`~geovision.workflows.stress.stress` on the scene's fields, with the buildings
+  just found left out of the field statistics,
+
+scores each against the scene's truth (building IoU and objects found; tree precision
+and recall at IoU 0.5; stressed hectares against those drawn), gathers every layer in
+``demo.gpkg`` and writes the offline HTML report.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -21,10 +30,13 @@ import numpy as np
 
 from geovision.errors import BundleError, OutputExistsError
 
-__all__ = ["SAMPLE_BUNDLE", "DemoResult", "Score", "run_demo", "sample_bundle", "score_buildings"]
+__all__ = ["SAMPLE_BUNDLE", "TREES_BUNDLE", "DemoResult", "Score", "run_demo", "sample_bundle", "score_buildings"]
 
 SAMPLE_BUNDLE = "sample_buildings.safetensors"
 """File name of the shipped building model, in the ``geovision/data`` package folder."""
+
+TREES_BUNDLE = "sample_trees.safetensors"
+"""File name of the shipped tree-crown detector, in the ``geovision/data`` package folder."""
 
 DEMO_SEED = 0
 """Seed of the demo scene; the shipped model is trained on other seeds."""
@@ -98,16 +110,18 @@ def score_buildings(classes: np.ndarray, truth: np.ndarray, *, building_class: i
 
 @dataclass(frozen=True, slots=True)
 class DemoResult:
-    """What :func:`run_demo` wrote and how well the model did.
+    """What :func:`run_demo` wrote and how well the shipped models did against the scene's truth.
 
     Attributes:
         out_dir: the output folder.
         image: the sample scene (4-band GeoTIFF: red, green, blue, NIR).
         truth: its building truth raster (0, 1, 255 nodata).
-        vector: the building polygons (GeoPackage, layer ``predictions``).
-        classes: the class COG.
-        probabilities: the probability COG.
-        summary: the predict summary JSON.
+        gpkg: ``demo.gpkg``, with layers ``buildings``, ``trees``, ``fields`` and ``stress``.
+        report_html: ``demo.report.html``, the offline map report.
+        summary: ``demo.summary.json``.
+        vector: the building polygons (``demo.buildings.gpkg``, layer ``predictions``).
+        classes: the building class COG.
+        probabilities: the building probability COG.
         size: scene edge in pixels.
         pixel_m: pixel size in metres.
         buildings_found: building polygons written.
@@ -116,16 +130,25 @@ class DemoResult:
         truth_area_m2: building area in the truth (m², valid pixels).
         matched_buildings: truth buildings at least half covered by predicted building pixels.
         iou: building IoU against the truth over valid pixels.
+        trees_found: tree crowns detected.
+        truth_trees: visible tree crowns drawn.
+        trees_matched: detections matching a drawn crown one to one at IoU >= 0.5.
+        fields: field polygons analysed.
+        stressed_ha: moderate + severe stress found in the fields (ha).
+        truth_stressed_ha: stressed crop drawn in the fields (ha).
         elapsed_s: wall time of the whole demo (seconds).
+        seconds: wall time of each step.
     """
 
     out_dir: Path
     image: Path
     truth: Path
+    gpkg: Path
+    report_html: Path
+    summary: Path
     vector: Path
     classes: Path
     probabilities: Path
-    summary: Path
     size: int
     pixel_m: float
     buildings_found: int
@@ -134,37 +157,54 @@ class DemoResult:
     truth_area_m2: float
     matched_buildings: int
     iou: float
+    trees_found: int
+    truth_trees: int
+    trees_matched: int
+    fields: int
+    stressed_ha: float
+    truth_stressed_ha: float
     elapsed_s: float
+    seconds: dict[str, float]
 
     def report(self) -> str:
         """A short paragraph: what ran, what was found, how good it is, where the files are."""
         side_m = self.size * self.pixel_m
+        precision = self.trees_matched / self.trees_found if self.trees_found else 1.0
+        recall = self.trees_matched / self.truth_trees if self.truth_trees else 1.0
         return (
-            f"geovision demo: segmented a synthetic {self.size} x {self.size} px scene "
-            f"({side_m:,.0f} m x {side_m:,.0f} m at {self.pixel_m:g} m, red/green/blue/NIR) with the built-in "
-            f"building model in {self.elapsed_s:.1f} s.\n"
-            f"Found {self.buildings_found} buildings covering {self.building_area_m2:,.0f} m² "
-            f"(truth: {self.truth_buildings} buildings, {self.truth_area_m2:,.0f} m²; "
-            f"{self.matched_buildings} of them found). Building IoU against the truth: {self.iou:.3f}.\n"
-            f"Outputs in {self.out_dir}: {self.image.name} (the scene), {self.truth.name} (its truth), "
-            f"{self.vector.name} (building polygons), {self.classes.name}, {self.probabilities.name}, "
-            f"{self.summary.name}."
+            f"geovision demo: a synthetic {self.size} x {self.size} px scene ({side_m:,.0f} m x {side_m:,.0f} m at "
+            f"{self.pixel_m:g} m, red/green/blue/NIR) through the built-in building model, the tree-crown detector "
+            f"and the crop-stress workflow in {self.elapsed_s:.1f} s.\n"
+            f"Buildings: {self.buildings_found} found, {self.building_area_m2:,.0f} m² (truth {self.truth_buildings}, "
+            f"{self.truth_area_m2:,.0f} m²; {self.matched_buildings} found; IoU {self.iou:.3f}).\n"
+            f"Trees: {self.trees_found} crowns detected (truth {self.truth_trees}; precision {precision:.2f}, "
+            f"recall {recall:.2f} at IoU 0.5).\n"
+            f"Crop stress: {self.stressed_ha:.2f} ha moderate or severe in {self.fields} fields "
+            f"(drawn: {self.truth_stressed_ha:.2f} ha of stressed crop).\n"
+            f"Open the report: {self.report_html}\n"
+            f"All layers: {self.gpkg}; rasters and summaries beside it in {self.out_dir}."
         )
 
 
 @contextlib.contextmanager
-def sample_bundle() -> Iterator[Path]:
-    """The shipped building model as a file path (extracted while in use if geovision is zipped).
+def sample_bundle(name: str | None = None) -> Iterator[Path]:
+    """A shipped model as a file path (extracted while in use if geovision is zipped).
+
+    Args:
+        name: the bundle's file name in ``geovision/data``; default the building model
+            (:data:`SAMPLE_BUNDLE`), or :data:`TREES_BUNDLE` for the tree-crown detector.
 
     Raises:
         BundleError: the bundle is not part of this installation.
     """
-    resource = resources.files("geovision").joinpath("data", SAMPLE_BUNDLE)
+    name = name or SAMPLE_BUNDLE
+    script = "train_sample_detector.py" if name == TREES_BUNDLE else "train_sample_model.py"
+    resource = resources.files("geovision").joinpath("data", name)
     if not resource.is_file():
         raise BundleError(
-            f"the built-in sample model {SAMPLE_BUNDLE} is missing from this geovision installation "
+            f"the built-in sample model {name} is missing from this geovision installation "
             f"(looked for {resource}). Reinstall geovision (pip install --force-reinstall geovision); "
-            "in a source checkout, build it with `python scripts/train_sample_model.py`."
+            f"in a source checkout, build it with `python scripts/{script}`."
         )
     with resources.as_file(resource) as path:
         yield Path(path)
@@ -173,70 +213,118 @@ def sample_bundle() -> Iterator[Path]:
 def run_demo(
     out_dir: str | os.PathLike[str] = "geovision-demo",
     *,
-    size: int = 2048,
+    size: int = 4096,
     overwrite: bool = True,
     progress: bool = True,
 ) -> DemoResult:
-    """Write the sample scene, find its buildings with the shipped model, and score them.
+    """Write the sample scene, run the shipped models and the crop-stress workflow, and report.
 
-    Writes, in ``out_dir``: ``sample.tif`` (the scene, seed 0), ``sample.truth.tif``,
-    ``buildings.gpkg`` (polygons of at least 5 m²), ``buildings.classes.tif``,
-    ``buildings.probabilities.tif`` and ``buildings.summary.json``.
+    Writes, in ``out_dir``: ``sample.tif`` (the scene, seed 0) with its truths
+    (``sample.truth.tif``, ``sample.trees.gpkg``, ``sample.fields.gpkg``);
+    ``demo.buildings.gpkg`` with ``demo.buildings.classes.tif``; ``demo.trees.gpkg``;
+    ``demo.fields.gpkg`` with ``demo.fields.ndvi.tif`` and ``demo.fields.stress.tif``
+    (each with its own summary); then ``demo.gpkg`` holding every layer, ``demo.summary.json``
+    and ``demo.report.html``.
 
     Args:
         out_dir: the output folder (created if missing).
-        size: scene edge in pixels (0.3 m pixels; 2048 px is 614 m).
+        size: scene edge in pixels (0.3 m pixels; 4096 px is 1.2 km).
         overwrite: replace outputs of an earlier run.
-        progress: show the progress bar and print the report paragraph.
+        progress: show progress bars and print the report paragraph.
 
     Returns:
-        The paths, the counts and areas, and the building IoU against the truth.
+        The paths, the counts and areas, and the scores against the truth.
 
     Raises:
-        BundleError: the shipped model is missing.
+        BundleError: a shipped model is missing.
         OutputExistsError: outputs exist and ``overwrite`` is false.
     """
     import rasterio
 
     from geovision.models.bundle import read_config
+    from geovision.report import write_report
     from geovision.sample import make_sample_scene
     from geovision.workflows.predict import predict
+    from geovision.workflows.stress import stress
 
     t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
     out = Path(out_dir)
-    image, vector = out / "sample.tif", out / "buildings.gpkg"
-    with sample_bundle() as bundle:
-        config = read_config(bundle)
-        if not overwrite:
-            names = ("sample.tif", "sample.truth.tif", "buildings.gpkg", "buildings.classes.tif",
-                     "buildings.probabilities.tif", "buildings.summary.json")
-            existing = [n for n in names if (out / n).exists()]
-            if existing:
-                raise OutputExistsError(
-                    f"{out} already holds demo outputs ({', '.join(existing)}); pass overwrite=True "
-                    "(--overwrite) to replace them, or choose another folder."
-                )
+    image = out / "sample.tif"
+    if not overwrite and out.is_dir():
+        existing = sorted(p.name for p in out.iterdir() if p.name.startswith(("sample.", "demo.")))
+        if existing:
+            raise OutputExistsError(
+                f"{out} already holds demo outputs ({', '.join(existing[:4])}{', ...' if len(existing) > 4 else ''}); "
+                "pass overwrite=True (--overwrite) to replace them, or choose another folder."
+            )
+    with sample_bundle() as buildings_bundle, sample_bundle(TREES_BUNDLE) as trees_bundle:
+        config = read_config(buildings_bundle)
+        tree_config = read_config(trees_bundle)
         out.mkdir(parents=True, exist_ok=True)
+        step = time.perf_counter()
+        if progress:
+            print(f"writing the sample scene ({size} x {size} px) ...", flush=True)
         scene = make_sample_scene(image, size=size, seed=DEMO_SEED)
-        min_area = 5.0
-        result = predict(image, bundle, vector, overwrite=overwrite, progress=progress, probabilities=True,
-                         min_area=min_area, bands=list(config.bands))
+        seconds["scene"] = time.perf_counter() - step
 
+        step = time.perf_counter()
+        min_area = 5.0
+        seg = predict(image, buildings_bundle, out / "demo.buildings.gpkg", overwrite=True, progress=progress,
+                      probabilities=True, min_area=min_area, bands=list(config.bands))
+        seconds["buildings"] = time.perf_counter() - step
+
+        step = time.perf_counter()
+        det = predict(image, trees_bundle, out / "demo.trees.gpkg", overwrite=True, progress=progress,
+                      bands=list(tree_config.bands))
+        seconds["trees"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    # crop stress at field scale: 0.3 m pixels resolve the soil between crop rows, which any index reads
+    # as bare ground, so the scene is averaged to 3 m first (as one would a drone mosaic; at 1.2 m the
+    # rows still alias into stripes). Stress is judged within each field (z-score). The bands are
+    # reflectance on a 0-255 scale; the scene has no clouds (its roofs are bright enough to pass the cloud
+    # test), and the buildings found above are left out of the fields.
+    coarse = _average(image, out / "sample.3m.tif", factor=10)
+    crop = stress(coarse, scene.fields_path, out / "demo.fields.gpkg", bands="red=1,green=2,blue=3,nir=4",
+                  scale=1 / 255, index="ndvi", method="zscore", exclude=seg.vector_path, clouds=False,
+                  overwrite=True, progress=progress)
+    seconds["stress"] = time.perf_counter() - step
+
+    step = time.perf_counter()
     building = config.class_names.index("building")
-    with rasterio.open(result.class_rasters[0]) as ds:
+    with rasterio.open(seg.class_rasters[0]) as ds:
         classes = ds.read(1)
     truth = scene.truth()
     pixel_area = scene.pixel_m**2
     score = score_buildings(classes, truth, building_class=building, min_area_px=int(np.ceil(min_area / pixel_area)))
-    found = result.summary["classes"].get("building", {"count": 0, "area_m2": 0.0})
+    del classes, truth
+    trees = _score_trees(det.vector_path, scene.trees_path)
+    truth_stressed_ha = _truth_stressed_ha(scene)
+    found = seg.summary["classes"].get("building", {"count": 0, "area_m2": 0.0})
+    gpkg = out / "demo.gpkg"
+    _combine(gpkg, {"buildings": (seg.vector_path, "predictions"), "trees": (det.vector_path, "predictions"),
+                    "fields": (crop.vector_path, "fields"), "stress": (crop.stress_layer_path, "stress")})
+    summary = _demo_summary(seg.summary, det.summary, crop.summary, score, trees, truth_stressed_ha, size,
+                            scene.pixel_m)
+    summary_path = out / "demo.summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2))
+    report_html = write_report(gpkg, title="geovision demo: buildings, trees and crop stress", overwrite=True)
+    seconds["scores_and_report"] = time.perf_counter() - step
+    elapsed = time.perf_counter() - t0
+    summary["elapsed_s"] = round(elapsed, 2)
+    summary["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    summary_path.write_text(json.dumps(summary, indent=2))
     demo = DemoResult(
         out_dir=out,
         image=scene.path,
         truth=scene.truth_path,
-        vector=result.vector_path,
-        classes=result.class_rasters[0],
-        probabilities=result.probability_rasters[0],
-        summary=result.summary_path,
+        gpkg=gpkg,
+        report_html=report_html,
+        summary=summary_path,
+        vector=seg.vector_path,
+        classes=seg.class_rasters[0],
+        probabilities=seg.probability_rasters[0],
         size=size,
         pixel_m=scene.pixel_m,
         buildings_found=int(found["count"]),
@@ -245,8 +333,99 @@ def run_demo(
         truth_area_m2=score.truth_pixels * pixel_area,
         matched_buildings=score.matched_objects,
         iou=score.iou,
-        elapsed_s=time.perf_counter() - t0,
+        trees_found=trees["found"],
+        truth_trees=trees["truth"],
+        trees_matched=trees["matched"],
+        fields=int(crop.summary["fields"]["count"]),
+        stressed_ha=float(crop.summary["classes"]["moderate"]["area_ha"] + crop.summary["classes"]["severe"]["area_ha"]),
+        truth_stressed_ha=truth_stressed_ha,
+        elapsed_s=elapsed,
+        seconds=seconds,
     )
     if progress:
         print(demo.report())
     return demo
+
+
+def _score_trees(found_path: Path, truth_path: Path) -> dict[str, int]:
+    import pyogrio
+
+    from geovision.evaluation.metrics import match_objects
+
+    found = pyogrio.read_dataframe(found_path, layer="predictions")
+    truth = pyogrio.read_dataframe(truth_path)
+    scores = found["score"].to_numpy() if "score" in found else None
+    matching = match_objects(found.geometry.values, truth.geometry.values, iou_threshold=0.5, pred_scores=scores)
+    return {"found": len(found), "truth": len(truth), "matched": int(matching.tp)}
+
+
+def _truth_stressed_ha(scene) -> float:
+    """Stressed crop drawn in the fields (ha), from the fields layer the sample wrote."""
+    import pyogrio
+
+    return float(pyogrio.read_dataframe(scene.fields_path, read_geometry=False)["stressed_m2"].sum() / 1e4)
+
+
+def _average(src_path: Path, dst_path: Path, *, factor: int) -> Path:
+    """``src_path`` averaged over ``factor`` x ``factor`` pixels into ``dst_path``, block by block."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    with rasterio.open(src_path) as src:
+        width, height = src.width // factor, src.height // factor
+        transform = src.transform @ src.transform.scale(src.width / width, src.height / height)
+        profile = dict(driver="GTiff", width=width, height=height, count=src.count, dtype=src.dtypes[0],
+                       crs=src.crs, transform=transform, nodata=src.nodata, tiled=True, blockxsize=256,
+                       blockysize=256, compress="deflate", photometric="MINISBLACK")
+        with WarpedVRT(src, transform=transform, width=width, height=height, resampling=Resampling.average,
+                       src_nodata=src.nodata, nodata=src.nodata) as vrt, rasterio.open(dst_path, "w", **profile) as dst:
+            for _, window in dst.block_windows(1):
+                dst.write(vrt.read(window=window), window=window)
+    return dst_path
+
+
+def _combine(gpkg: Path, layers: dict[str, tuple[Path, str]]) -> None:
+    """Copy each ``(source, layer)`` into one GeoPackage (replaced atomically)."""
+    import pyogrio
+
+    tmp = gpkg.with_name(f".{gpkg.stem}.partial{gpkg.suffix}")
+    tmp.unlink(missing_ok=True)
+    try:
+        for name, (path, layer) in layers.items():
+            frame = pyogrio.read_dataframe(path, layer=layer)
+            pyogrio.write_dataframe(frame, tmp, layer=name, driver="GPKG", promote_to_multi=name == "fields")
+        os.replace(tmp, gpkg)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _demo_summary(seg: dict, det: dict, crop: dict, score: Score, trees: dict[str, int], truth_stressed_ha: float,
+                  size: int, pixel_m: float) -> dict:
+    classes: dict[str, dict] = {}
+    for name, c in seg["classes"].items():
+        classes[name] = {"count": c["count"], "area_m2": c["area_m2"], "area_ha": c["area_ha"]}
+    for name, c in det["classes"].items():
+        classes[name] = {"count": c["count"], "area_m2": c["area_m2"], "area_ha": c["area_ha"]}
+    polygons = crop.get("stress_polygons", {})
+    for name in ("healthy", "moderate", "severe"):
+        c = crop["classes"][name]
+        classes[name] = {"count": polygons.get(name, {}).get("count"), "area_m2": c["area_m2"], "area_ha": c["area_ha"],
+                         "color": c["color"]}
+    return {
+        "workflow": "demo",
+        "geovision_version": seg.get("geovision_version"),
+        "scene": {"size_px": size, "pixel_m": pixel_m, "bands": ["red", "green", "blue", "nir"], "seed": DEMO_SEED},
+        "classes": classes,
+        "scores": {
+            "buildings": {"iou": round(score.iou, 4), "precision": round(score.precision, 4),
+                          "recall": round(score.recall, 4), "truth_objects": score.truth_objects,
+                          "matched_objects": score.matched_objects},
+            "trees": {**trees, "precision": round(trees["matched"] / trees["found"], 4) if trees["found"] else None,
+                      "recall": round(trees["matched"] / trees["truth"], 4) if trees["truth"] else None},
+            "stress": {"found_ha": round(crop["classes"]["moderate"]["area_ha"] + crop["classes"]["severe"]["area_ha"], 4),
+                       "truth_ha": round(truth_stressed_ha, 4)},
+        },
+        "fields": crop["fields"],
+        "runs": {"buildings": seg, "trees": det, "stress": crop},
+    }
