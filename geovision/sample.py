@@ -49,12 +49,12 @@ __all__ = [
     "TREE_MIN_VISIBLE",
     "SampleScene",
     "SceneArrays",
+    "fields_path",
     "make_sample_scene",
     "read_tree_truth",
     "read_truth",
     "render_scene",
     "tree_truth_path",
-    "fields_path",
     "truth_path",
 ]
 

@@ -119,7 +119,7 @@ class DemoResult:
         gpkg: ``demo.gpkg``, with layers ``buildings``, ``trees``, ``fields`` and ``stress``.
         report_html: ``demo.report.html``, the offline map report.
         summary: ``demo.summary.json``.
-        vector: the building polygons (``demo.buildings.gpkg``, layer ``predictions``).
+        vector: the building polygons (``buildings.gpkg``, layer ``predictions``).
         classes: the building class COG.
         probabilities: the building probability COG.
         size: scene edge in pixels.
@@ -221,7 +221,7 @@ def run_demo(
 
     Writes, in ``out_dir``: ``sample.tif`` (the scene, seed 0) with its truths
     (``sample.truth.tif``, ``sample.trees.gpkg``, ``sample.fields.gpkg``);
-    ``demo.buildings.gpkg`` with ``demo.buildings.classes.tif``; ``demo.trees.gpkg``;
+    ``buildings.gpkg`` with ``buildings.classes.tif``; ``trees.gpkg``;
     ``demo.fields.gpkg`` with ``demo.fields.ndvi.tif`` and ``demo.fields.stress.tif``
     (each with its own summary); then ``demo.gpkg`` holding every layer, ``demo.summary.json``
     and ``demo.report.html``.
@@ -270,12 +270,12 @@ def run_demo(
 
         step = time.perf_counter()
         min_area = 5.0
-        seg = predict(image, buildings_bundle, out / "demo.buildings.gpkg", overwrite=True, progress=progress,
+        seg = predict(image, buildings_bundle, out / "buildings.gpkg", overwrite=True, progress=progress,
                       probabilities=True, min_area=min_area, bands=list(config.bands))
         seconds["buildings"] = time.perf_counter() - step
 
         step = time.perf_counter()
-        det = predict(image, trees_bundle, out / "demo.trees.gpkg", overwrite=True, progress=progress,
+        det = predict(image, trees_bundle, out / "trees.gpkg", overwrite=True, progress=progress,
                       bands=list(tree_config.bands))
         seconds["trees"] = time.perf_counter() - step
 
@@ -375,9 +375,9 @@ def _average(src_path: Path, dst_path: Path, *, factor: int) -> Path:
     with rasterio.open(src_path) as src:
         width, height = src.width // factor, src.height // factor
         transform = src.transform @ src.transform.scale(src.width / width, src.height / height)
-        profile = dict(driver="GTiff", width=width, height=height, count=src.count, dtype=src.dtypes[0],
-                       crs=src.crs, transform=transform, nodata=src.nodata, tiled=True, blockxsize=256,
-                       blockysize=256, compress="deflate", photometric="MINISBLACK")
+        profile = {"driver": "GTiff", "width": width, "height": height, "count": src.count, "dtype": src.dtypes[0],
+                       "crs": src.crs, "transform": transform, "nodata": src.nodata, "tiled": True, "blockxsize": 256,
+                       "blockysize": 256, "compress": "deflate", "photometric": "MINISBLACK"}
         with WarpedVRT(src, transform=transform, width=width, height=height, resampling=Resampling.average,
                        src_nodata=src.nodata, nodata=src.nodata) as vrt, rasterio.open(dst_path, "w", **profile) as dst:
             for _, window in dst.block_windows(1):
@@ -403,10 +403,10 @@ def _combine(gpkg: Path, layers: dict[str, tuple[Path, str]]) -> None:
 def _demo_summary(seg: dict, det: dict, crop: dict, score: Score, trees: dict[str, int], truth_stressed_ha: float,
                   size: int, pixel_m: float) -> dict:
     classes: dict[str, dict] = {}
-    for name, c in seg["classes"].items():
-        classes[name] = {"count": c["count"], "area_m2": c["area_m2"], "area_ha": c["area_ha"]}
-    for name, c in det["classes"].items():
-        classes[name] = {"count": c["count"], "area_m2": c["area_m2"], "area_ha": c["area_ha"]}
+    colors = {"building": "#911eb4", "tree": "#00a6a6"}  # apart from the stress classes' greens and reds
+    for name, c in [*seg["classes"].items(), *det["classes"].items()]:
+        classes[name] = {"count": c["count"], "area_m2": c["area_m2"], "area_ha": c["area_ha"],
+                         **({"color": colors[name]} if name in colors else {})}
     polygons = crop.get("stress_polygons", {})
     for name in ("healthy", "moderate", "severe"):
         c = crop["classes"][name]
@@ -417,6 +417,7 @@ def _demo_summary(seg: dict, det: dict, crop: dict, score: Score, trees: dict[st
         "geovision_version": seg.get("geovision_version"),
         "scene": {"size_px": size, "pixel_m": pixel_m, "bands": ["red", "green", "blue", "nir"], "seed": DEMO_SEED},
         "classes": classes,
+        "class_names": crop.get("class_names"),  # the values of demo.fields.stress.tif
         "scores": {
             "buildings": {"iou": round(score.iou, 4), "precision": round(score.precision, 4),
                           "recall": round(score.recall, 4), "truth_objects": score.truth_objects,
