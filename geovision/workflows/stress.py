@@ -216,10 +216,10 @@ class _Pass1:
         return values, status
 
     def _excluded(self, window: Window) -> np.ndarray:
+        import shapely
         from rasterio.features import rasterize
 
-        hits = self.exclude.query(__import__("shapely").box(*window_bounds(self.info.affine, window)),
-                                  predicate="intersects")
+        hits = self.exclude.query(shapely.box(*window_bounds(self.info.affine, window)), predicate="intersects")
         if hits.size == 0:
             return np.zeros((window.height, window.width), bool)
         geoms = self.exclude.geometries[hits]
