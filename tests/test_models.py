@@ -14,9 +14,24 @@ import pytest
 import torch
 
 from geovision.errors import BundleError, ConfigError, TaskMismatchError
-from geovision.models.bundle import BundleConfig, Normalization, default_colors, save_bundle
-from geovision.models.registry import ShallowNet, build_model, list_architectures, list_encoders, load_weights
-from geovision.models.segmentation import SegmentationPredictor, resolve_device, resolve_precision
+from geovision.models.bundle import (
+    BundleConfig,
+    Normalization,
+    default_colors,
+    save_bundle,
+)
+from geovision.models.registry import (
+    ShallowNet,
+    build_model,
+    list_architectures,
+    list_encoders,
+    load_weights,
+)
+from geovision.models.segmentation import (
+    SegmentationPredictor,
+    resolve_device,
+    resolve_precision,
+)
 
 REPO = Path(__file__).parents[1]
 
@@ -173,8 +188,12 @@ def test_resolve_precision() -> None:
     assert resolve_precision(cpu, "fp32") is None
     assert resolve_precision(cpu, "bf16") is torch.bfloat16
     assert resolve_precision(cpu, "fp16") is torch.float16
-    expected = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-    assert resolve_precision(cpu, "auto") is expected
+    from geovision.models.predictor import cpu_has_native_bf16
+
+    flags = Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
+    native = ("avx512_bf16" in flags or "amx_bf16" in flags) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert cpu_has_native_bf16() is native  # emulated bf16 (plain AVX-512) is slower than fp32: not chosen
+    assert resolve_precision(cpu, "auto") is (torch.bfloat16 if native else None)
     with pytest.raises(ConfigError, match="unknown precision"):
         resolve_precision(cpu, "int8")
 
