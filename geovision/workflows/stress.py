@@ -399,6 +399,8 @@ def stress(
                                      crs=info.crs, nodata=255, min_area_m2=min_area, source=Path(raster).name)
         sink = LayerSink(scratch_gpkg, STRESS_LAYER, info.crs, _stress_empty(collector, info.crs))
         bar = _bar(len(blocks), "stress classes", progress)
+        # thresholds have no probability: every stress polygon's mean_probability is 1 (one array for all blocks)
+        ones = np.ones((len(CLASS_NAMES), BLOCK, BLOCK), np.float32)
         try:
             with gdal_env(), rasterio.open(index_scratch) as ids_, rasterio.open(status_scratch) as sds, \
                     (rasterio.open(model_classes) if model_classes else _null()) as mds:
@@ -409,8 +411,8 @@ def stress(
                     model_codes = mds.read(1, window=w.to_rasterio()) if mds is not None else None
                     classes = _pass2_block(info, field_set, w, values, status, cut, model_codes, class_m2)
                     class_writer.write(w, classes)
-                    ones = np.ones((len(CLASS_NAMES), w.height, w.width), np.float32)
-                    sink.append(_with_field_ids(collector.add_block(w, classes, ones), field_set))
+                    sink.append(_with_field_ids(collector.add_block(w, classes, ones[:, :w.height, :w.width]),
+                                                field_set))
                     bar.update(1)
             sink.append(_with_field_ids(collector.finish(), field_set))
         finally:
