@@ -8,8 +8,11 @@ Prints one JSON line::
 ``end_to_end_s`` is ``geovision.predict`` (read, infer, stitch, COG, vectors, summary), in a
 process that has already imported torch and segmentation-models-pytorch (``import_s``: paid
 once per process, by the CLI too, but not per raster).
-``model_only_s`` is the sum of pure ``SegmentationPredictor.predict`` calls (normalise,
-forward, softmax) over exactly the same tiles and batches, with reading untimed.
+``model_only_s`` is the wall time of pure ``SegmentationPredictor.predict`` calls (normalise,
+forward, softmax) over exactly the same tiles, run the way ``predict`` runs them (the same
+``InferencePool`` plan: forward passes at once, threads per pass, tiles per pass), with
+reading untimed. ``--sequential`` also times one pass at a time with all threads and 4 tiles
+per pass (``model_only_sequential_s``, how geovision ran the model before the pool).
 ``efficiency = model_only_s / end_to_end_s``. ``peak_rss_mb`` is the process's peak
 resident memory after the end-to-end run (the synthetic raster is written in strips
 beforehand, so it never sits in memory).
@@ -43,9 +46,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import numpy as np  # noqa: E402
-import rasterio  # noqa: E402
-from affine import Affine  # noqa: E402
+import numpy as np
+import rasterio
+from affine import Affine
 
 
 def write_synthetic(path: Path, size: int, seed: int = 0) -> Path:
@@ -72,9 +75,50 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
-def model_only(raster: Path, bundle: Path, tile: int, overlap: int, batch_size: int, precision: str,
-               bands: list[int] | None) -> tuple[float, int]:
-    """Seconds of pure predictor calls over the same tiles and batches as predict."""
+def model_only(raster: Path, bundle: Path, tile: int, overlap: int, batch_size: int | None, precision: str,
+               bands: list[int] | None, streams: int | None = None) -> tuple[float, int, dict]:
+    """Wall seconds of pure forward passes over the same tiles, run as predict runs them.
+
+    The tiles are read beforehand (untimed) in chunks of 64; each chunk then goes
+    through the same :class:`InferencePool` plan as ``predict`` (streams, threads per
+    stream, tiles per pass), and only that is timed.
+    """
+    from geovision.models.inference import InferencePool, plan_inference
+    from geovision.models.segmentation import SegmentationPredictor
+    from geovision.tiling.grid import TileGrid
+    from geovision.tiling.reader import open_raster, read_tiles
+    from geovision.tiling.stream import batched
+
+    predictor = SegmentationPredictor.from_bundle(bundle, precision=precision)
+    plan = plan_inference(predictor.device, streams=streams, batch_size=batch_size)
+    info = open_raster(str(raster), bands or predictor.config.bands, predictor.config.in_channels)
+    grid = TileGrid(info.height, info.width, tile, overlap)
+    total, tiles = 0.0, 0
+    warm = False
+    with InferencePool(predictor, plan) as pool:
+        for chunk in batched(grid.tiles, 64):
+            jobs = []
+            for batch in batched(chunk, plan.batch_size):
+                read, _ = read_tiles(info, batch, tile)
+                if read:
+                    jobs.append((None, np.stack([t.data for t in read]), np.stack([t.valid for t in read])))
+                    tiles += len(read)
+            if not warm and jobs:
+                # untimed: the first pass traces the model's graph (see SegmentationPredictor); predict
+                # pays that inside end_to_end_s, so leaving it out here only lowers the efficiency
+                list(pool.map(jobs[:1]))
+                warm = True
+            t0 = time.perf_counter()
+            for _ in pool.map(jobs):
+                pass
+            total += time.perf_counter() - t0
+    return total, tiles, {"streams": plan.streams, "threads_per_stream": plan.threads,
+                          "batch_size": plan.batch_size}
+
+
+def model_only_sequential(raster: Path, bundle: Path, tile: int, overlap: int, batch_size: int, precision: str,
+                          bands: list[int] | None) -> float:
+    """Seconds of one forward pass at a time with all of torch's threads (geovision <= 0.3's way), for reference."""
     from geovision.models.segmentation import SegmentationPredictor
     from geovision.tiling.grid import TileGrid
     from geovision.tiling.reader import open_raster, read_tiles
@@ -83,8 +127,7 @@ def model_only(raster: Path, bundle: Path, tile: int, overlap: int, batch_size: 
     predictor = SegmentationPredictor.from_bundle(bundle, precision=precision)
     info = open_raster(str(raster), bands or predictor.config.bands, predictor.config.in_channels)
     grid = TileGrid(info.height, info.width, tile, overlap)
-    total, tiles = 0.0, 0
-    # one warm-up batch, as predict's first batch also pays oneDNN's warm-up
+    total = 0.0
     for batch in batched(grid.tiles, batch_size):
         read, _ = read_tiles(info, batch, tile)
         if not read:
@@ -93,8 +136,7 @@ def model_only(raster: Path, bundle: Path, tile: int, overlap: int, batch_size: 
         t0 = time.perf_counter()
         predictor.predict(data, valid)
         total += time.perf_counter() - t0
-        tiles += len(read)
-    return total, tiles
+    return total
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -106,7 +148,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bundle", type=Path, help="use this bundle instead of an untrained U-Net-ResNet18")
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: predict's)")
+    parser.add_argument("--streams", type=int, default=None, help="forward passes at once (default: predict's)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="also time one pass at a time with all threads, batch 4 (the old model_only)")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--bands", default=None, help="e.g. 1,2,3")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -141,19 +186,28 @@ def main(argv: list[str] | None = None) -> dict:
                     tile_size=args.tile)
     bands = [int(b) for b in args.bands.split(",")] if args.bands else None
     # one-time imports (torch is imported above; segmentation-models-pytorch pulls in timm and
-    # huggingface_hub, about 2 s) are paid once per process, not per raster: timed on their own
+    # huggingface_hub, about 2 s; distributed and scipy.ndimage another 0.7 s) are paid once per
+    # process, by the CLI too, not per raster: timed on their own
     t_import = time.perf_counter()
-    import geovision.models.segmentation  # noqa: F401
+    import distributed  # noqa: F401
     import segmentation_models_pytorch  # noqa: F401
+    import tqdm.auto  # noqa: F401
+
+    import geovision.models.inference
+    import geovision.models.segmentation
+    import geovision.stitching.vectorize  # noqa: F401
     import_s = time.perf_counter() - t_import
     rss_before = peak_rss_mb()
     t0 = time.perf_counter()
     result = predict(raster, bundle, work / "bench.gpkg", tile=args.tile, overlap=args.overlap,
-                     batch_size=args.batch_size, precision=args.precision, bands=bands, overwrite=True,
-                     progress=sys.stderr.isatty())
+                     batch_size=args.batch_size, streams=args.streams, precision=args.precision, bands=bands,
+                     overwrite=True, progress=sys.stderr.isatty())
     end_to_end = time.perf_counter() - t0
     rss = peak_rss_mb()
-    model_s, tiles = model_only(raster, bundle, args.tile, args.overlap, args.batch_size, args.precision, bands)
+    model_s, tiles, plan = model_only(raster, bundle, args.tile, args.overlap, args.batch_size, args.precision,
+                                      bands, args.streams)
+    sequential_s = (model_only_sequential(raster, bundle, args.tile, args.overlap, 4, args.precision, bands)
+                    if args.sequential else None)
     with rasterio.open(raster) as ds:
         height, width = ds.height, ds.width
     record = {
@@ -167,11 +221,12 @@ def main(argv: list[str] | None = None) -> dict:
         "end_to_end_s": round(end_to_end, 2),
         "model_only_s": round(model_s, 2),
         "efficiency": round(model_s / end_to_end, 3),
+        **({"model_only_sequential_s": round(sequential_s, 2)} if sequential_s is not None else {}),
         "import_s": round(import_s, 2),
         "peak_rss_mb": round(rss, 1),
         "rss_before_predict_mb": round(rss_before, 1),
         "megapixels_per_second": round(height * width / 1e6 / end_to_end, 3),
-        "tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size,
+        "tile": args.tile, "overlap": args.overlap, **plan,
         "precision": args.precision, "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
     }

@@ -79,7 +79,10 @@ def main() -> None:
 @click.option("--tile", type=int, default=None, help="Tile size in pixels (multiple of 32). Default: the bundle's.")
 @click.option("--overlap", type=int, default=None,
               help="Overlap between tiles in pixels. Default: 64, or a quarter of a smaller tile.")
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Tiles per forward pass.")
+@click.option("--batch-size", type=int, default=None,
+              help="Tiles per forward pass. Default: 1 on the CPU, 8 on a GPU, 4 on a cluster's workers.")
+@click.option("--streams", type=int, default=None,
+              help="Forward passes at once. Default: one per CPU core (up to 4), 1 on a GPU.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (cuda:1 ...).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               show_default=True, help="auto: bf16 + channels_last where the CPU supports it, mixed "

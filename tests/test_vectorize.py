@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
+import shapely.geometry
 from affine import Affine
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 
 from geovision.errors import ConfigError, GeovisionWarning
@@ -442,3 +445,76 @@ def test_missing_blocks_warn() -> None:
     collector.add_block(Window(0, 0, 5, 5), classes[:5, :5], random_probabilities(classes)[:, :5, :5])
     with pytest.warns(GeovisionWarning, match="Feed every block exactly once"):
         collector.finish()
+
+
+# --- fast paths: rectangles without GDAL, seam noding, plane-wise arg-max ------------------
+
+
+def gdal_polygons(classes: np.ndarray) -> gpd.GeoSeries:
+    """Every 4-connected component of classes 1..3 traced by GDAL alone, in map coordinates."""
+    import rasterio.features
+
+    geoms = [
+        shapely.geometry.shape(g)
+        for g, v in rasterio.features.shapes(classes, mask=(classes > 0) & (classes < 255), connectivity=4,
+                                             transform=UTM)
+    ]
+    return gpd.GeoSeries(geoms, crs="EPSG:32631")
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), density=st.floats(0.2, 0.8), block=st.sampled_from([7, 16, 64]))
+def test_polygons_equal_gdal_tracing(seed: int, density: float, block: int) -> None:
+    """Rectangles built directly, the rest traced, seams noded and unioned: the same polygons GDAL traces
+    from the whole raster, vertex for vertex once normalised."""
+    rng = np.random.default_rng(seed)
+    classes = np.where(rng.random((40, 50)) < density, rng.integers(1, 4, (40, 50)), 0).astype(np.uint8)
+    classes[rng.random((40, 50)) < 0.05] = 255
+    got = vectorize(classes, random_probabilities(classes, seed), block=block, seed=seed)
+    expected = gdal_polygons(classes)
+    assert len(got) == len(expected)
+    assert shapely.is_valid(got.geometry.values).all()
+    a = shapely.normalize(sort_features(got).geometry.values)
+    areas = expected.area.to_numpy()
+    order = np.lexsort((expected.centroid.y.round(6), expected.centroid.x.round(6), areas.round(6)))
+    b = shapely.normalize(expected.values[order])
+    a = a[np.lexsort((shapely.get_y(shapely.centroid(a)).round(6), shapely.get_x(shapely.centroid(a)).round(6),
+                      shapely.area(a).round(6)))]
+    assert shapely.equals_exact(a, b, tolerance=1e-6).all()
+
+
+def test_rectangles_are_found_exactly() -> None:
+    from geovision.stitching.vectorize import _rectangles
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        labels, n = ndimage.label(rng.random((30, 30)) < 0.45)
+        counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        rect, (r0, c0, r1, c1) = _rectangles(labels, n, counts)
+        for i, box in enumerate(ndimage.find_objects(labels)):
+            fills = (labels[box] == i + 1).all()
+            assert rect[i] == fills
+            if fills:
+                assert (r0[i], c0[i], r1[i] + 1, c1[i] + 1) == (box[0].start, box[1].start, box[0].stop, box[1].stop)
+
+
+def test_seam_noding_adds_every_pixel_corner_on_the_lines() -> None:
+    from geovision.stitching.vectorize import _node_on_lines
+
+    square = shapely.Polygon([(0, 0), (0, 4), (3, 4), (3, 0)], holes=[[(1, 1), (1, 2), (2, 2), (2, 1)]])
+    [noded] = _node_on_lines(np.array([square], dtype=object), rows={4}, cols={0})
+    assert shapely.equals(noded, square)
+    coords = set(map(tuple, shapely.get_coordinates(noded).tolist()))
+    assert {(0.0, float(y)) for y in range(5)} <= coords  # the column-0 edge, in unit steps
+    assert {(float(x), 4.0) for x in range(4)} <= coords  # the row-4 edge
+    assert (3.0, 2.0) not in coords  # edges off the lines are left alone
+    assert len(noded.interiors) == 1
+
+
+def test_argmax_planes_matches_numpy_with_ties() -> None:
+    from geovision.stitching.accumulate import _argmax_planes
+
+    rng = np.random.default_rng(0)
+    planes = rng.integers(0, 3, (4, 50, 60)).astype(np.float32)  # many ties: the first maximum wins
+    np.testing.assert_array_equal(_argmax_planes(planes), np.argmax(planes, axis=0))
+    assert _argmax_planes(planes[:1]).max() == 0

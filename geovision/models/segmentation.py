@@ -11,7 +11,10 @@ supports it.
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -30,6 +33,8 @@ from geovision.models.registry import ShallowNet
 
 __all__ = ["SegmentationPredictor", "resolve_device", "resolve_precision"]
 
+log = logging.getLogger(__name__)
+
 _SMP_DIVISOR = 32
 """smp models want input height and width divisible by this (the encoder's output stride)."""
 
@@ -43,13 +48,52 @@ class SegmentationPredictor(TilePredictor):
 
     task: ClassVar[str] = "segmentation"
 
-    def __init__(self, config: BundleConfig, state_dict: Mapping[str, torch.Tensor], **kwargs: Any) -> None:
+    def __init__(self, config: BundleConfig, state_dict: Mapping[str, torch.Tensor], *,
+                 graph: bool | None = None, **kwargs: Any) -> None:
         super().__init__(config, state_dict, **kwargs)
         # smp encoders downsample by 32; the built-in shallow net takes any size.
         self.pad_multiple = 1 if isinstance(self.model, ShallowNet) else _SMP_DIVISOR
         stride = getattr(getattr(self.model, "encoder", None), "output_stride", None)
         if isinstance(stride, int) and stride > 0:
             self.pad_multiple = math.lcm(self.pad_multiple, stride)
+        #: run a frozen TorchScript graph of the model (see :meth:`_graph_for`)
+        self.graph = (self.device.type == "cpu" and self.dtype is None) if graph is None else graph
+        self._graphs: dict[tuple[int, ...], Any] = {}
+        self._graph_lock = threading.Lock()
+
+    def _graph_for(self, x: torch.Tensor) -> Any:
+        """The model as a frozen TorchScript graph for inputs shaped like ``x``, or the model itself.
+
+        In a graph the whole forward pass runs in C++ without Python's GIL, so forward
+        passes on several threads do not queue behind each other, or behind reading and
+        stitching, at every layer (U-Net-ResNet18, two passes beside a busy Python
+        thread on 2 cores: 0.37 s per tile as a graph, 0.62 s eager). Freezing also folds
+        batch norms into the convolutions. A graph is traced once per input shape (smp's
+        decoders size their upsampling from the input); where tracing fails, or
+        ``graph`` is off (the default for autocast and GPUs), the eager model runs.
+        """
+        if not self.graph:
+            return self.model
+        key = tuple(x.shape)
+        found = self._graphs.get(key)
+        if found is not None:
+            return found
+        # one thread traces; others run this batch eagerly rather than wait for it
+        if not self._graph_lock.acquire(blocking=False):
+            return self.model
+        try:
+            if key not in self._graphs:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # torch.jit is deprecated, but still the GIL-free way
+                    traced = torch.jit.trace(self.model, x, check_trace=False)
+                    self._graphs[key] = torch.jit.freeze(traced)
+            return self._graphs[key]
+        except Exception as exc:  # noqa: BLE001  (any failure: run eagerly, as before)
+            log.info("running %s eagerly: tracing failed (%s)", type(self.model).__name__, exc)
+            self.graph = False
+            return self.model
+        finally:
+            self._graph_lock.release()
 
     def predict(self, tiles: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Per-class probabilities for a batch of tiles.
@@ -76,7 +120,7 @@ class SegmentationPredictor(TilePredictor):
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.autocast():
-                logits = self.model(x)
+                logits = self._graph_for(x)(x)
             if isinstance(logits, (tuple, list)):  # smp with aux_params returns (masks, labels)
                 logits = logits[0]
             probs = torch.softmax(logits[:, :, :h, :w].float(), dim=1)

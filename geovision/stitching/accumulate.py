@@ -42,7 +42,7 @@ class FinishedBlock:
 
 
 class _Block:
-    __slots__ = ("sums", "weights", "remaining")
+    __slots__ = ("remaining", "sums", "weights")
 
     def __init__(self, num_classes: int, height: int, width: int, remaining: int) -> None:
         self.sums = np.zeros((num_classes, height, width), dtype=np.float32)
@@ -127,7 +127,7 @@ class BlockAccumulator:
     def _finish(self, index: tuple[int, int], block: _Block) -> FinishedBlock:
         valid = block.weights > 0
         probs = np.divide(block.sums, block.weights, out=np.zeros_like(block.sums), where=valid)
-        classes = np.argmax(probs, axis=0).astype(np.uint8)
+        classes = _argmax_planes(probs)
         classes[~valid] = CLASS_NODATA
         return FinishedBlock(self.blocks.window(index), classes, probs, valid)
 
@@ -135,3 +135,18 @@ class BlockAccumulator:
         """Raise if a block never received all its tiles (a bug, not a user error)."""
         if self._open:
             raise RuntimeError(f"{len(self._open)} output blocks never finished: {sorted(self._open)[:5]}...")
+
+
+def _argmax_planes(planes: np.ndarray) -> np.ndarray:
+    """``np.argmax(planes, axis=0)`` as uint8 (first maximum wins), plane by plane.
+
+    For the few planes of a class block this is several times faster than numpy's
+    argmax along the first axis, which walks the planes with a large stride.
+    """
+    classes = np.zeros(planes.shape[1:], dtype=np.uint8)
+    best = planes[0].copy()
+    for c in range(1, len(planes)):
+        better = planes[c] > best
+        classes[better] = c
+        np.maximum(best, planes[c], out=best)
+    return classes

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from itertools import chain, pairwise
 from typing import Any
 
 import geopandas as gpd
@@ -171,6 +172,9 @@ class PolygonCollector:
         self._open: dict[int, int] = {}  # root -> (piece, side) pairs still facing missing pixels
         # Seam sides still facing missing pixels, by line.
         self._sides: dict[_SideKey, list[_Side]] = {}
+        # rows and columns where blocks have met: pieces' edges on them are noded before a union
+        self._seam_rows: set[int] = set()
+        self._seam_cols: set[int] = set()
         self._pixels_seen = 0
 
     # --- public API ---------------------------------------------------------------
@@ -214,8 +218,8 @@ class PolygonCollector:
             own_class = np.where(labels > 0, classes, 0).astype(np.intp)
             own_prob = np.take_along_axis(probabilities, own_class[None], axis=0)[0]
             counts = np.bincount(flat, minlength=n_labels + 1)[1:]
-            prob_sums = ndimage.sum_labels(own_prob, labels, index=np.arange(1, n_labels + 1)).astype(np.float64)
-            geoms = self._trace(labels, window, n_labels)
+            prob_sums = np.bincount(flat, weights=own_prob.ravel(), minlength=n_labels + 1)[1:]
+            geoms = self._trace(labels, window, n_labels, counts)
 
             # Inner sides each component touches; those touching any are pending.
             sides_touched = np.zeros(n_labels + 1, dtype=np.int64)
@@ -236,6 +240,7 @@ class PolygonCollector:
 
         maybe_complete: list[int] = []
         for key, start, line in sides:
+            (self._seam_rows if key[0] == 0 else self._seam_cols).add(key[1])
             side = _Side(start, piece_of_label[line], class_of_label[line], len(line))
             maybe_complete += self._join(key, side)
         done = self._complete_groups(maybe_complete)
@@ -327,29 +332,42 @@ class PolygonCollector:
             n_total += n
         return labels, (np.concatenate(label_class) if label_class else np.zeros(0, np.int64))
 
-    def _trace(self, labels: np.ndarray, window: Window, n_labels: int) -> np.ndarray:
-        """``(N,)`` polygons of components ``1..N`` in whole-raster pixel coordinates (integers)."""
+    def _trace(self, labels: np.ndarray, window: Window, n_labels: int, counts: np.ndarray) -> np.ndarray:
+        """``(N,)`` polygons of components ``1..N`` in whole-raster pixel coordinates (integers).
+
+        Components that fill their bounding box (most small ones: 69% of the 21 000 of an
+        untrained model's 2048 px output) are built directly as rectangles, with GDAL's
+        vertex order; the rest are traced by GDAL.
+        """
+        geoms = np.empty(n_labels, dtype=object)
+        rect, (r0, c0, r1, c1) = _rectangles(labels, n_labels, counts)
+        if rect.any():
+            rows = np.stack([r0[rect], r1[rect] + 1], axis=1) + window.row_off
+            cols = np.stack([c0[rect], c1[rect] + 1], axis=1) + window.col_off
+            # GDAL's ring for a rectangle: top-left, bottom-left, bottom-right, top-right, top-left
+            ring = np.stack([cols[:, [0, 0, 1, 1, 0]], rows[:, [0, 1, 1, 0, 0]]], axis=2).astype(np.float64)
+            geoms[rect] = shapely.polygons(ring)
+        if rect.all():
+            return geoms
+        traced = (labels > 0) & ~np.concatenate([[False], rect])[labels]
         to_raster_px = Affine.translation(window.col_off, window.row_off)
-        coords: list[tuple[float, float]] = []
+        flat: list[float] = []
         ring_sizes: list[int] = []
         rings_per_polygon: list[int] = []
         values: list[float] = []
         # A 4-connected component is one 4-connected region, so it yields exactly one polygon.
         # Gather the GeoJSON rings flat and build every polygon in two vectorised calls
         # (about 10x faster than shapely.geometry.shape per feature).
-        features = rasterio.features.shapes(labels, mask=labels > 0, connectivity=4, transform=to_raster_px)
-        for feature, value in features:
+        for feature, value in rasterio.features.shapes(labels, mask=traced, connectivity=4, transform=to_raster_px):
             rings = feature["coordinates"]  # shell first, then holes; each ring closed
             for ring in rings:
-                coords.extend(ring)
+                flat.extend(chain.from_iterable(ring))
                 ring_sizes.append(len(ring))
             rings_per_polygon.append(len(rings))
             values.append(value)
-        rings_arr = shapely.linearrings(
-            np.asarray(coords, dtype=np.float64), indices=np.repeat(np.arange(len(ring_sizes)), ring_sizes)
-        )
+        coords = np.fromiter(flat, dtype=np.float64, count=len(flat)).reshape(-1, 2)
+        rings_arr = shapely.linearrings(coords, indices=np.repeat(np.arange(len(ring_sizes)), ring_sizes))
         polygons = shapely.polygons(rings_arr, indices=np.repeat(np.arange(len(values)), rings_per_polygon))
-        geoms = np.empty(n_labels, dtype=object)
         geoms[np.asarray(values, dtype=np.int64) - 1] = polygons
         return geoms
 
@@ -451,19 +469,32 @@ class PolygonCollector:
         merged = np.empty(n, dtype=object)
         prob_sums = np.empty(n, dtype=np.float64)
         counts = np.empty(n, dtype=np.int64)
+        multi = np.zeros(n, dtype=bool)
+        parts: list[shapely.Geometry] = []
+        bounds = [0]
         for g, pieces in enumerate(done):
-            geoms = np.empty(len(pieces), dtype=object)
-            geoms[:] = [piece[1] for piece in pieces]
-            merged[g] = geoms[0] if len(pieces) == 1 else shapely.union_all(geoms)
             class_ids[g] = pieces[0][0]
             total = 0.0
             for piece in pieces:
                 total += piece[2]
             prob_sums[g] = total
             counts[g] = sum(piece[3] for piece in pieces)
-        # a union keeps the collinear vertices where an outline crossed a seam; tolerance 0
-        # drops exactly those (coordinates are integers here), so seams leave no trace
-        merged = shapely.simplify(merged, 0.0)
+            if len(pieces) == 1:
+                merged[g] = pieces[0][1]
+            else:
+                multi[g] = True
+                parts += [piece[1] for piece in pieces]
+                bounds.append(len(parts))
+        if parts:
+            # pieces of a group tile the object without overlapping, so a coverage union joins
+            # them (3.6x faster than an overlay union) once both sides of every seam carry the
+            # same vertices: a vertex at every pixel corner along the seam lines
+            noded = _node_on_lines(np.array(parts, dtype=object), self._seam_rows, self._seam_cols)
+            unions = [shapely.coverage_union_all(noded[a:b]) for a, b in pairwise(bounds)]
+            # the noding and the seams leave collinear vertices; tolerance 0 drops exactly those
+            # (coordinates are integers here), so seams leave no trace. Plain Douglas-Peucker:
+            # dropping collinear points cannot break a valid ring, so topology need not be guarded
+            merged[multi] = shapely.simplify(np.array(unions, dtype=object), 0.0, preserve_topology=False)
         return class_ids, merged, prob_sums, counts
 
     # --- final features -----------------------------------------------------------
@@ -523,3 +554,59 @@ class PolygonCollector:
         }
         return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=self.crs))
 
+
+def _node_on_lines(polygons: np.ndarray, rows: set[int], cols: set[int]) -> np.ndarray:
+    """``polygons`` with a vertex at every integer point of each edge lying on one of the lines.
+
+    The polygons are in whole-raster pixel coordinates with axis-parallel edges between
+    integer corners (traced pixel outlines). Horizontal edges on a row in ``rows`` and
+    vertical edges on a column in ``cols`` are split into unit steps; other edges are kept.
+    """
+    rings, ring_polygon = shapely.get_rings(polygons, return_index=True)
+    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
+    inside = ring_of[:-1] == ring_of[1:]  # consecutive points of one ring: an edge
+    start, end, ring = coords[:-1][inside], coords[1:][inside], ring_of[:-1][inside]
+    step = end - start
+    on_line = ((step[:, 1] == 0) & np.isin(start[:, 1], np.fromiter(rows, np.float64, len(rows)))) | (
+        (step[:, 0] == 0) & np.isin(start[:, 0], np.fromiter(cols, np.float64, len(cols)))
+    )
+    pieces = np.where(on_line, np.abs(step).sum(axis=1), 1).astype(np.int64)
+    edge = np.repeat(np.arange(len(start)), pieces)
+    k = np.arange(len(edge)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    points = start[edge] + np.sign(step)[edge] * k[:, None]
+    # each ring comes back without its closing point; linearrings closes it again
+    new_rings = shapely.linearrings(points, indices=ring[edge])
+    return shapely.polygons(new_rings, indices=ring_polygon)
+
+
+def _rectangles(labels: np.ndarray, n_labels: int, counts: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Which of components ``1..N`` fill their bounding box, and the box of those.
+
+    A component's top-left pixels (no pixel of its own above or to the left) include
+    the top-left of its bounding box; when there is exactly one, it is that corner, and
+    likewise bottom-right. With one of each, the component fills its box exactly when
+    its pixel count is the box's area. O(pixels), no sorting.
+
+    Args:
+        labels: ``(h, w)`` component labels, 0 outside.
+        n_labels: N.
+        counts: ``(N,)`` pixel count of each component.
+
+    Returns:
+        ``rect``: ``(N,)`` bool; ``(r0, c0, r1, c1)``: ``(N,)`` first and last row and
+        column of each rectangle in the block (meaningless where ``rect`` is false).
+    """
+    padded = np.pad(labels, 1)
+    inner = padded[1:-1, 1:-1]
+    top_left = (inner > 0) & (padded[:-2, 1:-1] != inner) & (padded[1:-1, :-2] != inner)
+    bottom_right = (inner > 0) & (padded[2:, 1:-1] != inner) & (padded[1:-1, 2:] != inner)
+    tl_rows, tl_cols = np.nonzero(top_left)
+    br_rows, br_cols = np.nonzero(bottom_right)
+    tl_label, br_label = inner[tl_rows, tl_cols] - 1, inner[br_rows, br_cols] - 1
+    n_tl = np.bincount(tl_label, minlength=n_labels)
+    n_br = np.bincount(br_label, minlength=n_labels)
+    r0, c0, r1, c1 = (np.zeros(n_labels, np.int64) for _ in range(4))
+    r0[tl_label], c0[tl_label] = tl_rows, tl_cols
+    r1[br_label], c1[br_label] = br_rows, br_cols
+    rect = (n_tl == 1) & (n_br == 1) & ((r1 - r0 + 1) * (c1 - c0 + 1) == counts)
+    return rect, (r0, c0, r1, c1)

@@ -16,6 +16,7 @@ stays busy.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,7 +35,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from geovision.errors import ConfigError, NodataOnlyError, TaskMismatchError, warn
 from geovision.io.outputs import AtomicOutputs, sibling, vector_driver
-from geovision.io.raster import BLOCK_SIZE, BlockWriter, hex_to_rgba, probability_to_uint8, to_cog
+from geovision.io.raster import (
+    BLOCK_SIZE,
+    BlockWriter,
+    hex_to_rgba,
+    probability_to_uint8,
+    to_cog,
+)
 from geovision.io.vector import LayerSink, export
 from geovision.stitching.accumulate import CLASS_NODATA, BlockAccumulator, FinishedBlock
 from geovision.tiling.grid import BlockGrid, TileGrid
@@ -57,7 +64,10 @@ class PredictOptions(BaseModel):
     out: str
     tile: int | None = Field(default=None, description="tile edge in pixels; default: the bundle's")
     overlap: int | None = Field(default=None, ge=0, description="pixels; default 64, or a quarter of a smaller tile")
-    batch_size: int = Field(default=4, ge=1)
+    batch_size: int | None = Field(
+        default=None, ge=1, description="tiles per forward pass; default 1 on the CPU, 8 on a GPU, 4 on a cluster")
+    streams: int | None = Field(
+        default=None, ge=1, description="forward passes at once; default: one per CPU core (up to 4), 1 on a GPU")
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     bands: list[int] | None = None
@@ -409,28 +419,37 @@ def run_predict(opts: PredictOptions) -> PredictResult:
         progress = _progress(total_tiles, opts.progress)
 
         client = _client(opts)
+        stack = contextlib.ExitStack()
         try:
             remote = bool(opts.scheduler)
-            predictor = None
+            pool = None
             if not remote:
+                from geovision.models.inference import InferencePool, plan_inference
                 from geovision.models.predictor import make_predictor
 
                 predictor = make_predictor(config, state, device=opts.device, precision=opts.precision,
                                            source=opts.model)
+                plan = plan_inference(predictor.device, streams=opts.streams, batch_size=opts.batch_size)
+                pool = stack.enter_context(InferencePool(predictor, plan))
+                inference = {"device": str(predictor.device), "streams": plan.streams,
+                             "threads_per_stream": plan.threads, "batch_size": plan.batch_size}
             else:
                 raw = Path(opts.model).read_bytes()
                 digest = hashlib.sha256(raw).hexdigest()[:16]
                 [bundle_future] = client.scatter([raw], broadcast=True)
+                inference = {"device": f"cluster workers ({opts.device})", "streams": None,
+                             "threads_per_stream": None, "batch_size": opts.batch_size or 4}
             for run, grid in zip(runs, grids):
                 if detection:
                     consumer = _detection_consumer(run, grid, config, opts, sinks, zones)
                 else:
                     consumer = _segmentation_consumer(run, grid, config, opts, cog_tmps, sinks.main)
-                _run_raster(run, grid, consumer, opts, client, predictor,
+                _run_raster(run, grid, consumer, opts, client, pool,
                             (bundle_future, digest) if remote else None, progress, tile_size)
                 run.merge_seconds = getattr(consumer, "merge_seconds", 0.0)
                 _finish_cogs(run, cog_tmps)
         finally:
+            stack.close()
             client.close()
             if hasattr(client, "cluster") and client.cluster is not None and not opts.scheduler:
                 client.cluster.close()
@@ -452,6 +471,7 @@ def run_predict(opts: PredictOptions) -> PredictResult:
         export(scratch_gpkg, targets)
         elapsed = time.perf_counter() - t0
         summary = _summary(opts, config, runs, resolutions, sinks.main, elapsed)
+        summary["inference"] = inference
         for entry, d in zip(summary["inputs"], drift):
             entry["drift"] = d
         if zones is not None:
@@ -605,7 +625,7 @@ def _detection_consumer(run: RasterRun, grid: TileGrid, config, opts: PredictOpt
                              zones, threshold, opts.min_area, Path(run.info.path).name)
 
 
-def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, client, predictor,
+def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, client, pool,
                 remote, progress, tile_size: int) -> None:
     """Stream one raster's tiles through reading, the model and the consumer."""
     info = run.info
@@ -613,11 +633,11 @@ def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, 
     run.tiles_total = len(tiles)
     stitcher = _Stitcher(consumer)
     stitcher.start()
-    prefetch = max(2, 2 * (opts.workers or 2))
     try:
-        batches = batched(tiles, opts.batch_size)
         if remote:
             bundle_future, digest = remote
+            prefetch = max(2, 2 * (opts.workers or 2))
+            batches = batched(tiles, opts.batch_size or 4)
             results = stream(client, _read_and_predict, batches, info, tile_size, bundle_future, digest,
                              opts.device, opts.precision, prefetch=prefetch)
             for batch, (done, skipped) in results:
@@ -625,10 +645,19 @@ def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, 
                 _account(run, progress, len(done), len(skipped), batch)
                 stitcher.put(_in_grid_order(items, batch))
         else:
-            for batch, (read, skipped) in stream(client, _read, batches, info, tile_size, prefetch=prefetch):
+            batches = batched(tiles, pool.plan.batch_size)
+            # readers stay a few batches ahead of the passes in flight
+            prefetch = max(4, 2 * (opts.workers or 2), 2 * pool.plan.streams + 2)
+            reads = stream(client, _read, batches, info, tile_size, prefetch=prefetch)
+            jobs = (
+                ((batch, read, skipped),
+                 np.stack([t.data for t in read]) if read else None,
+                 np.stack([t.valid for t in read]) if read else None)
+                for batch, (read, skipped) in reads
+            )
+            for (batch, read, skipped), outs in pool.map(jobs):
                 items: list = [("skip", t, None, None) for t in skipped]
                 if read:
-                    outs = predictor.predict(np.stack([t.data for t in read]), np.stack([t.valid for t in read]))
                     items += [("add", t.tile, o, t.valid) for t, o in zip(read, outs)]
                 _account(run, progress, len(read), len(skipped), batch)
                 stitcher.put(_in_grid_order(items, batch))
@@ -713,7 +742,7 @@ def _summary(opts: PredictOptions, config, runs: list[RasterRun], resolutions: l
         ],
         "outputs": {"vector": opts.out, "layer": LAYER},
         "options": {"tile": opts.tile, "overlap": opts.overlap, "batch_size": opts.batch_size,
-                    "device": opts.device, "precision": opts.precision, "min_area_m2": opts.min_area,
+                    "streams": opts.streams, "device": opts.device, "precision": opts.precision, "min_area_m2": opts.min_area,
                     "simplify_m": opts.simplify, "scheduler": opts.scheduler},
         "classes": per_class,
         "features": sink.count,

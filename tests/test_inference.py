@@ -1,0 +1,159 @@
+"""Running the model: concurrent forward passes (models.inference) and the frozen graph (SegmentationPredictor)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from test_models import make_config, random_tiles, unet_config
+
+from geovision.errors import ConfigError
+from geovision.models.inference import (
+    MAX_CPU_STREAMS,
+    InferencePlan,
+    InferencePool,
+    plan_inference,
+)
+from geovision.models.registry import build_model
+from geovision.models.segmentation import SegmentationPredictor
+
+
+@pytest.fixture(scope="module")
+def unet() -> SegmentationPredictor:
+    """An untrained U-Net-ResNet18 with non-trivial batch-norm statistics, as a trained one has."""
+    config = unet_config()
+    torch.manual_seed(0)
+    model = build_model(config)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 64, 64))
+    return SegmentationPredictor(config, model.state_dict(), device="cpu", precision="fp32")
+
+
+# --- the plan ------------------------------------------------------------------------
+
+
+def test_cpu_plan_shares_the_cores_out() -> None:
+    assert plan_inference("cpu", cores=2) == InferencePlan(streams=2, threads=1, batch_size=1)
+    assert plan_inference("cpu", cores=1) == InferencePlan(streams=1, threads=1, batch_size=1)
+    assert plan_inference("cpu", cores=16) == InferencePlan(streams=MAX_CPU_STREAMS, threads=16 // MAX_CPU_STREAMS,
+                                                            batch_size=1)
+    assert plan_inference("cpu", cores=8, streams=1, batch_size=4) == InferencePlan(1, 8, 4)
+
+
+def test_gpu_plan_is_one_stream_of_bigger_batches() -> None:
+    plan = plan_inference(torch.device("cuda"))
+    assert plan.streams == 1 and plan.threads is None and plan.batch_size == 8
+    assert plan_inference("cuda", batch_size=2).batch_size == 2
+
+
+def test_bad_plan_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="at least 1"):
+        InferencePlan(streams=0, threads=1, batch_size=1)
+
+
+# --- the pool ------------------------------------------------------------------------
+
+
+def test_pool_gives_sequential_results_in_order(unet: SegmentationPredictor) -> None:
+    batches = [random_tiles((1, 3, 64, 64), seed=s) for s in range(7)]
+    expected = [unet.predict(b) for b in batches]
+    jobs = [(k, b, None) for k, b in enumerate(batches)]
+    jobs.insert(3, ("nothing", None, None))  # a batch with nothing to predict passes through
+    with InferencePool(unet, InferencePlan(streams=3, threads=1, batch_size=1)) as pool:
+        got = list(pool.map(jobs))
+    assert [k for k, _ in got] == [0, 1, 2, "nothing", 3, 4, 5, 6]
+    assert got[3][1] is None
+    for (_, out), ref in zip([g for g in got if g[0] != "nothing"], expected):
+        np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_pool_sets_and_restores_torch_threads(unet: SegmentationPredictor) -> None:
+    before = torch.get_num_threads()
+    seen: list[int] = []
+
+    class Spy:
+        device = unet.device
+
+        def predict(self, tiles, valid):
+            seen.append(torch.get_num_threads())
+            return tiles
+
+    with InferencePool(Spy(), InferencePlan(streams=2, threads=1, batch_size=1)) as pool:
+        assert torch.get_num_threads() == 1
+        list(pool.map([(k, np.zeros(1), None) for k in range(4)]))
+    assert seen == [1, 1, 1, 1]
+    assert torch.get_num_threads() == before
+
+
+def test_pool_runs_passes_at_the_same_time() -> None:
+    """Two streams really overlap: each pass waits until the other has started."""
+    barrier = threading.Barrier(2, timeout=10)
+
+    class Rendezvous:
+        device = torch.device("cpu")
+
+        def predict(self, tiles, valid):
+            barrier.wait()  # would time out if the passes ran one after the other
+            return tiles
+
+    with InferencePool(Rendezvous(), InferencePlan(streams=2, threads=1, batch_size=1)) as pool:
+        assert len(list(pool.map([(k, np.zeros(1), None) for k in range(4)]))) == 4
+
+
+def test_pool_error_reaches_the_caller(unet: SegmentationPredictor) -> None:
+    pool = InferencePool(unet, InferencePlan(streams=2, threads=1, batch_size=1))
+    with pool, pytest.raises(ValueError, match="band"):
+        list(pool.map([(0, random_tiles((1, 5, 64, 64)), None)]))  # 5 bands for a 3-band model
+
+
+def test_pool_outside_its_context_is_refused(unet: SegmentationPredictor) -> None:
+    pool = InferencePool(unet, InferencePlan(streams=1, threads=1, batch_size=1))
+    with pytest.raises(RuntimeError, match="context manager"):
+        list(pool.map([]))
+
+
+# --- the frozen graph --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch, encoder", [("unet", "resnet18"), ("fpn", "resnet18"), ("deeplabv3plus", "resnet18"),
+                                           ("shallow", "none")])
+def test_graph_equals_eager(arch: str, encoder: str) -> None:
+    params = {"depth": 3, "width": 8} if arch == "shallow" else {}
+    config = make_config(arch=arch, encoder=encoder, arch_params=params, n_classes=3)
+    torch.manual_seed(1)
+    model = build_model(config)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))  # batch-norm statistics, which freezing folds into the convolutions
+    state = model.state_dict()
+    graph = SegmentationPredictor(config, state, device="cpu", precision="fp32")
+    eager = SegmentationPredictor(config, state, device="cpu", precision="fp32", graph=False)
+    assert graph.graph and not eager.graph
+    for shape in ((1, 3, 64, 64), (2, 3, 96, 64), (1, 3, 64, 64)):  # a new shape is traced anew
+        tiles = random_tiles(shape, seed=shape[2])
+        np.testing.assert_allclose(graph.predict(tiles), eager.predict(tiles), atol=1e-4)
+    assert len(graph._graphs) == 2
+    assert all(isinstance(g, torch.jit.ScriptModule) for g in graph._graphs.values())
+
+
+def test_graph_is_off_for_autocast(unet: SegmentationPredictor) -> None:
+    bf16 = SegmentationPredictor(unet.config, unet.model.state_dict(), device="cpu", precision="bf16")
+    assert not bf16.graph
+    bf16.predict(random_tiles((1, 3, 64, 64)))
+    assert not bf16._graphs
+
+
+def test_graph_from_several_threads_at_once(unet: SegmentationPredictor) -> None:
+    """While one thread traces, the others run eagerly; every result is the same."""
+    config, state = unet.config, unet.model.state_dict()
+    predictor = SegmentationPredictor(config, state, device="cpu", precision="fp32")
+    tiles = random_tiles((1, 3, 64, 64), seed=9)
+    reference = SegmentationPredictor(config, state, device="cpu", precision="fp32", graph=False).predict(tiles)
+    with InferencePool(predictor, InferencePlan(streams=4, threads=1, batch_size=1)) as pool:
+        outs = [o for _, o in pool.map([(k, tiles, None) for k in range(8)])]
+    for out in outs:
+        np.testing.assert_allclose(out, reference, atol=1e-4)
+    assert list(predictor._graphs) == [(1, 3, 64, 64)]
