@@ -1,0 +1,71 @@
+"""Pixel outlines traced in numpy (geovision.stitching.trace) against GDAL's polygonize."""
+
+from __future__ import annotations
+
+import numpy as np
+import rasterio.features
+import shapely
+import shapely.geometry
+from affine import Affine
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from geovision.stitching.trace import outline_polygons
+
+
+def components(classes: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected components of every non-zero class, numbered across classes."""
+    labels = np.zeros(classes.shape, np.int32)
+    n = 0
+    for c in np.unique(classes[classes > 0]):
+        lab, k = ndimage.label(classes == c)
+        labels[lab > 0] = lab[lab > 0] + n
+        n += k
+    return labels, n
+
+
+def gdal(labels: np.ndarray, n: int, row_off: int, col_off: int) -> np.ndarray:
+    out = np.full(n, None, dtype=object)
+    for geom, value in rasterio.features.shapes(labels, mask=labels > 0, connectivity=4,
+                                                transform=Affine.translation(col_off, row_off)):
+        out[int(value) - 1] = shapely.geometry.shape(geom)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 100_000), rows=st.integers(1, 25), cols=st.integers(1, 25),
+       density=st.floats(0.1, 0.9), n_classes=st.integers(1, 3))
+def test_same_polygons_as_gdal(seed: int, rows: int, cols: int, density: float, n_classes: int) -> None:
+    rng = np.random.default_rng(seed)
+    classes = np.where(rng.random((rows, cols)) < density, rng.integers(1, n_classes + 1, (rows, cols)), 0)
+    labels, n = components(classes)
+    got = outline_polygons(labels, n, row_off=7, col_off=3)
+    expected = gdal(labels, n, 7, 3)
+    assert shapely.is_valid(got).all()
+    assert shapely.equals_exact(shapely.normalize(got), shapely.normalize(expected), tolerance=0).all()
+
+
+def test_diagonal_touch_makes_a_hole_not_a_self_touching_ring() -> None:
+    """A ring of pixels closed only through a diagonal: the pixel inside is a hole touching the shell."""
+    classes = np.array([[1, 1, 1, 0],
+                        [1, 0, 1, 0],
+                        [1, 1, 0, 0],
+                        [0, 0, 0, 0]])
+    labels, n = components(classes)
+    [polygon] = outline_polygons(labels, n)
+    assert polygon.is_valid and len(polygon.interiors) == 1
+    assert polygon.area == 7 and shapely.Polygon(polygon.interiors[0]).area == 1
+
+
+def test_holes_nested_components_and_empty_labels() -> None:
+    classes = np.zeros((9, 9), int)
+    classes[1:8, 1:8] = 1
+    classes[3:6, 3:6] = 0  # a hole ...
+    classes[4, 4] = 2  # ... with an island of another class in it
+    labels, n = components(classes)
+    geoms = outline_polygons(labels, n + 1)  # one label more than there are: it gets None
+    assert geoms[-1] is None
+    ring, island = geoms[0], geoms[1]
+    assert ring.area == 49 - 9 and len(ring.interiors) == 1 and island.area == 1
+    assert outline_polygons(np.zeros((4, 4), int), 0).shape == (0,)
