@@ -157,3 +157,20 @@ def test_graph_from_several_threads_at_once(unet: SegmentationPredictor) -> None
     for out in outs:
         np.testing.assert_allclose(out, reference, atol=1e-4)
     assert list(predictor._graphs) == [(1, 3, 64, 64)]
+
+
+def test_read_batches_split_into_passes_in_grid_order() -> None:
+    """predict reads several tiles per Dask task and splits them into forward passes, skipped tiles in place."""
+    from geovision.tiling.grid import TileGrid
+    from geovision.tiling.reader import TileData
+    from geovision.workflows.predict import _passes
+
+    tiles = TileGrid(64, 160, 32, 0).tiles[:5]
+    skipped = [tiles[1], tiles[4]]
+    read = [TileData(t, np.zeros((1, 32, 32)), np.ones((32, 32), bool)) for t in tiles if t not in skipped]
+    parts = list(_passes(tiles, read, skipped, 2))
+    assert [[t.index for t in p] for p, _, _ in parts] == [[t.index for t in tiles[:3]], [t.index for t in tiles[3:]]]
+    assert [[d.tile.index for d in r] for _, r, _ in parts] == [[tiles[0].index, tiles[2].index], [tiles[3].index]]
+    assert [[t.index for t in s] for _, _, s in parts] == [[tiles[1].index], [tiles[4].index]]
+    # every tile skipped: one part with nothing to read
+    assert [(len(p), len(r), len(s)) for p, r, s in _passes(tiles, [], tiles, 2)] == [(5, 0, 5)]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from geovision.errors import ConfigError, TaskMismatchError
 from geovision.models.bundle import BundleConfig, load_bundle
-from geovision.models.registry import build_model, load_weights
+from geovision.models.registry import build_loaded_model
 
 __all__ = ["Normalizer", "Precision", "TilePredictor", "make_predictor", "resolve_device", "resolve_precision"]
 
@@ -184,8 +184,7 @@ class TilePredictor:
         self.num_classes = config.num_classes
         self.channels_last = channels_last
 
-        model = build_model(config)
-        load_weights(model, state_dict, source=source)
+        model = build_loaded_model(config, state_dict, source=source)
         model.eval()
         model.to(self.device)
         if channels_last:

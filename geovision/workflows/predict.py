@@ -645,15 +645,17 @@ def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, 
                 _account(run, progress, len(done), len(skipped), batch)
                 stitcher.put(_in_grid_order(items, batch))
         else:
-            batches = batched(tiles, pool.plan.batch_size)
-            # readers stay a few batches ahead of the passes in flight
-            prefetch = max(4, 2 * (opts.workers or 2), 2 * pool.plan.streams + 2)
-            reads = stream(client, _read, batches, info, tile_size, prefetch=prefetch)
+            # one Dask task reads several passes' tiles (each task costs the in-process scheduler
+            # about 3 ms of CPU); readers stay a few tasks ahead of the passes in flight
+            per_read = max(pool.plan.batch_size, READ_BATCH)
+            prefetch = max(2, opts.workers or 2, pool.plan.streams)
+            reads = stream(client, _read, batched(tiles, per_read), info, tile_size, prefetch=prefetch)
             jobs = (
                 ((batch, read, skipped),
                  np.stack([t.data for t in read]) if read else None,
                  np.stack([t.valid for t in read]) if read else None)
-                for batch, (read, skipped) in reads
+                for whole, (all_read, all_skipped) in reads
+                for batch, read, skipped in _passes(whole, all_read, all_skipped, pool.plan.batch_size)
             )
             for (batch, read, skipped), outs in pool.map(jobs):
                 items: list = [("skip", t, None, None) for t in skipped]
@@ -670,6 +672,31 @@ def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, 
         consumer.close()
     if stitcher.error is not None:
         raise stitcher.error
+
+
+#: tiles one Dask read task reads (at least; a bigger batch per forward pass reads that many)
+READ_BATCH = 4
+
+
+def _passes(batch: Sequence[Tile], read: list[TileData], skipped: list[Tile], size: int):
+    """Split one read batch into forward passes of ``size`` tiles: ``(tiles, read, skipped)`` each.
+
+    Each part is a run of consecutive tiles of ``batch`` (grid order), holding at most
+    ``size`` read tiles and the skipped tiles among them.
+    """
+    by_index = {t.tile.index: t for t in read}
+    skip = {t.index for t in skipped}
+    part: list[Tile] = []
+    part_read: list[TileData] = []
+    for tile in batch:
+        if tile.index not in skip and len(part_read) == size:
+            yield part, part_read, [t for t in part if t.index in skip]
+            part, part_read = [], []
+        part.append(tile)
+        if tile.index not in skip:
+            part_read.append(by_index[tile.index])
+    if part:
+        yield part, part_read, [t for t in part if t.index in skip]
 
 
 def _in_grid_order(items: list, batch: Sequence[Tile]) -> list:
