@@ -13,6 +13,8 @@ forward, softmax) over exactly the same tiles, run the way ``predict`` runs them
 ``InferencePool`` plan: forward passes at once, threads per pass, tiles per pass), with
 reading untimed. ``--sequential`` also times one pass at a time with all threads and 4 tiles
 per pass (``model_only_sequential_s``, how geovision ran the model before the pool).
+``--repeat N`` alternates N end-to-end and N model-only runs and reports their medians (and
+every run), which keeps a shared machine's slow spells from deciding the ratio.
 ``efficiency = model_only_s / end_to_end_s``. ``peak_rss_mb`` is the process's peak
 resident memory after the end-to-end run (the synthetic raster is written in strips
 beforehand, so it never sits in memory).
@@ -38,6 +40,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -150,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: predict's)")
     parser.add_argument("--streams", type=int, default=None, help="forward passes at once (default: predict's)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="alternate end-to-end and model-only runs this many times and compare the medians")
     parser.add_argument("--sequential", action="store_true",
                         help="also time one pass at a time with all threads, batch 4 (the old model_only)")
     parser.add_argument("--precision", default="auto")
@@ -198,14 +203,21 @@ def main(argv: list[str] | None = None) -> dict:
     import geovision.stitching.vectorize  # noqa: F401
     import_s = time.perf_counter() - t_import
     rss_before = peak_rss_mb()
-    t0 = time.perf_counter()
-    result = predict(raster, bundle, work / "bench.gpkg", tile=args.tile, overlap=args.overlap,
-                     batch_size=args.batch_size, streams=args.streams, precision=args.precision, bands=bands,
-                     overwrite=True, progress=sys.stderr.isatty())
-    end_to_end = time.perf_counter() - t0
-    rss = peak_rss_mb()
-    model_s, tiles, plan = model_only(raster, bundle, args.tile, args.overlap, args.batch_size, args.precision,
-                                      bands, args.streams)
+    # end to end and model only alternate, args.repeat times each; the medians are compared, so a
+    # shared machine's slow spell (CPU steal) weighs on both alike
+    runs, models = [], []
+    rss = None
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        result = predict(raster, bundle, work / "bench.gpkg", tile=args.tile, overlap=args.overlap,
+                         batch_size=args.batch_size, streams=args.streams, precision=args.precision, bands=bands,
+                         overwrite=True, progress=sys.stderr.isatty())
+        runs.append(time.perf_counter() - t0)
+        rss = rss if rss is not None else peak_rss_mb()  # the first run's peak, before any model-only pass
+        model_s, tiles, plan = model_only(raster, bundle, args.tile, args.overlap, args.batch_size,
+                                          args.precision, bands, args.streams)
+        models.append(model_s)
+    end_to_end, model_s = statistics.median(runs), statistics.median(models)
     sequential_s = (model_only_sequential(raster, bundle, args.tile, args.overlap, 4, args.precision, bands)
                     if args.sequential else None)
     with rasterio.open(raster) as ds:
@@ -221,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
         "end_to_end_s": round(end_to_end, 2),
         "model_only_s": round(model_s, 2),
         "efficiency": round(model_s / end_to_end, 3),
+        **({"end_to_end_runs_s": [round(r, 2) for r in runs], "model_only_runs_s": [round(m, 2) for m in models]}
+           if args.repeat > 1 else {}),
         **({"model_only_sequential_s": round(sequential_s, 2)} if sequential_s is not None else {}),
         "import_s": round(import_s, 2),
         "peak_rss_mb": round(rss, 1),

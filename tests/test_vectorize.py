@@ -498,17 +498,27 @@ def test_rectangles_are_found_exactly() -> None:
                 assert (r0[i], c0[i], r1[i] + 1, c1[i] + 1) == (box[0].start, box[1].start, box[0].stop, box[1].stop)
 
 
-def test_seam_noding_adds_every_pixel_corner_on_the_lines() -> None:
-    from geovision.stitching.vectorize import _node_on_lines
+def test_merged_outlines_drop_the_seams() -> None:
+    """Pieces cut by seams at row 4 and column 3 join exactly, holes and diagonal touches included."""
+    from geovision.stitching.trace import merge_outlines, outline_polygons
 
-    square = shapely.Polygon([(0, 0), (0, 4), (3, 4), (3, 0)], holes=[[(1, 1), (1, 2), (2, 2), (2, 1)]])
-    [noded] = _node_on_lines(np.array([square], dtype=object), rows={4}, cols={0})
-    assert shapely.equals(noded, square)
-    coords = set(map(tuple, shapely.get_coordinates(noded).tolist()))
-    assert {(0.0, float(y)) for y in range(5)} <= coords  # the column-0 edge, in unit steps
-    assert {(float(x), 4.0) for x in range(4)} <= coords  # the row-4 edge
-    assert (3.0, 2.0) not in coords  # edges off the lines are left alone
-    assert len(noded.interiors) == 1
+    classes = np.zeros((8, 7), int)
+    classes[1:7, 1:6] = 1
+    classes[3:5, 2:4] = 0  # a hole across both seams
+    classes[7, 0] = 1  # touches the rest only diagonally: an object of its own
+    pieces, group = [], []
+    for r0, r1 in ((0, 4), (4, 8)):
+        for c0, c1 in ((0, 3), (3, 7)):
+            labels, n = ndimage.label(classes[r0:r1, c0:c1])
+            for geom in outline_polygons(labels, n, row_off=r0, col_off=c0):
+                pieces.append(geom)
+                group.append(0 if shapely.intersection(geom, shapely.box(1, 1, 6, 7)).area > 0 else 1)
+    merged = merge_outlines(np.array(pieces, dtype=object), np.array(group), rows={4}, cols={3})
+    whole, n = ndimage.label(classes)
+    expected = outline_polygons(whole, n)
+    order = np.argsort(shapely.area(expected))[::-1]
+    assert shapely.equals_exact(shapely.normalize(merged), shapely.normalize(expected[order]), tolerance=0).all()
+    assert len(merged[0].interiors) == 1 and merged[0].area == 30 - 4
 
 
 def test_argmax_planes_matches_numpy_with_ties() -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
-__all__ = ["outline_polygons"]
+__all__ = ["merge_outlines", "outline_polygons"]
 
 # segment directions, in the order of left turns (pixel rows grow downwards)
 _SOUTH, _EAST, _NORTH, _WEST = 0, 1, 2, 3
@@ -57,22 +57,91 @@ def outline_polygons(labels: np.ndarray, n_labels: int, *, row_off: int = 0, col
     if n_labels == 0 or not labels.any():
         return geoms
     x0, y0, x1, y1, direction, lab = _segments(labels.astype(np.int64, copy=False))
-    nxt = _successors(x0, y0, x1, y1, direction, lab, *labels.shape)
+    present, polygons = _assemble(x0 + col_off, y0 + row_off, x1 + col_off, y1 + row_off, direction, lab,
+                                  straight_vertices=False)
+    geoms[present - 1] = polygons
+    return geoms
+
+
+def merge_outlines(polygons: np.ndarray, group: np.ndarray, rows: set[int], cols: set[int]) -> np.ndarray:
+    """The union of each group of ``polygons``: pixel outlines that meet along block seams.
+
+    The polygons are traced pixel outlines in whole-raster pixel coordinates, each
+    ring with its polygon's inside on the left (as :func:`outline_polygons` and
+    GDAL give them), and those of a group meet only along the given seam rows and
+    columns, without overlapping. Their edges on the seams are cut into pixel
+    steps; a step that two pieces share comes once in each direction and both
+    go; what is left is the union's outline, linked into rings as
+    :func:`outline_polygons` does. Exact, and without building an overlay as
+    GEOS's unions do.
+
+    Args:
+        polygons: ``(P,)`` the pieces.
+        group: ``(P,)`` group number of each piece, ``0..G-1``, every number used.
+        rows: seam rows (horizontal lines between pixel rows).
+        cols: seam columns.
+
+    Returns:
+        ``(G,)`` one Polygon per group.
+    """
+    rings, ring_polygon = shapely.get_rings(polygons, return_index=True)
+    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
+    inside = ring_of[:-1] == ring_of[1:]  # consecutive points of one ring: an edge
+    start = coords[:-1][inside].astype(np.int64)
+    step = coords[1:][inside].astype(np.int64) - start
+    owner = np.asarray(group, dtype=np.int64)[ring_polygon[ring_of[:-1][inside]]]
+    horizontal = step[:, 1] == 0
+    on_seam = (horizontal & np.isin(start[:, 1], np.fromiter(rows, np.int64, len(rows)))) | (
+        ~horizontal & np.isin(start[:, 0], np.fromiter(cols, np.int64, len(cols)))
+    )
+    # seam edges in pixel steps, the rest whole
+    pieces = np.where(on_seam, np.abs(step).sum(axis=1), 1)
+    edge = np.repeat(np.arange(len(start)), pieces)
+    unit = np.sign(step)[edge]
+    k = (np.arange(len(edge)) - np.repeat(np.cumsum(pieces) - pieces, pieces))[:, None]
+    a = start[edge] + unit * k
+    b = np.where(on_seam[edge][:, None], a + unit, start[edge] + step[edge])
+    owner, seam = owner[edge], on_seam[edge]
+    # a seam step shared by two pieces of a group: the same two corners, once each way
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    key = np.stack([owner, lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1]], axis=1)[seam]
+    _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    keep = np.ones(len(a), dtype=bool)
+    keep[np.flatnonzero(seam)[counts[inverse.ravel()] > 1]] = False
+    a, b, owner = a[keep], b[keep], owner[keep]
+    d = b - a
+    direction = np.select([d[:, 1] > 0, d[:, 0] > 0, d[:, 1] < 0], [_SOUTH, _EAST, _NORTH], _WEST)
+    _, merged = _assemble(a[:, 0], a[:, 1], b[:, 0], b[:, 1], direction, owner, straight_vertices=True)
+    return merged
+
+
+def _assemble(x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray, direction: np.ndarray,
+              lab: np.ndarray, *, straight_vertices: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Directed boundary segments (inside on the left) to one polygon per label: ``(labels, polygons)``.
+
+    With ``straight_vertices``, segments may continue each other in a straight line
+    and the vertices between them are dropped.
+    """
+    nxt = _successors(x0, y0, x1, y1, direction, lab, int(max(y0.max(), y1.max())) + 1,
+                      int(max(x0.max(), x1.max())) + 1, offset=(int(min(x0.min(), x1.min())),
+                                                                int(min(y0.min(), y1.min()))))
     ring, place = _rings(nxt)
     # twice the signed area of each ring: outer rings come out negative, holes positive
-    doubled = np.bincount(ring, weights=x0 * y1 - x1 * y0, minlength=len(nxt))
+    doubled = np.bincount(ring, weights=(x0 * y1 - x1 * y0).astype(np.float64), minlength=len(nxt))
     hole = doubled[ring] > 0
     order = np.lexsort((place, ring, hole, lab))  # by component, outer ring first, each ring in walk order
+    if straight_vertices:
+        previous = np.empty_like(nxt)
+        previous[nxt] = np.arange(len(nxt))
+        turns = direction != direction[previous]
+        order = order[turns[order]]
     ring_sorted, lab_sorted = ring[order], lab[order]
-    ring_index = np.cumsum(np.r_[True, ring_sorted[1:] != ring_sorted[:-1]]) - 1
-    coords = np.column_stack([x0[order] + col_off, y0[order] + row_off]).astype(np.float64)
-    rings = shapely.linearrings(coords, indices=ring_index)
-    first_of_ring = np.r_[True, ring_sorted[1:] != ring_sorted[:-1]]
-    ring_label = lab_sorted[first_of_ring]
+    new_ring = np.r_[True, ring_sorted[1:] != ring_sorted[:-1]]
+    coords = np.column_stack([x0[order], y0[order]]).astype(np.float64)
+    rings = shapely.linearrings(coords, indices=np.cumsum(new_ring) - 1)
+    ring_label = lab_sorted[new_ring]
     polygon_index = np.cumsum(np.r_[True, ring_label[1:] != ring_label[:-1]]) - 1
-    polygons = shapely.polygons(rings, indices=polygon_index)
-    geoms[np.unique(ring_label) - 1] = polygons
-    return geoms
+    return np.unique(ring_label), shapely.polygons(rings, indices=polygon_index)
 
 
 def _segments(labels: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -112,10 +181,13 @@ def _runs(edges: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _successors(x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray, direction: np.ndarray,
-                lab: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Index of the segment that follows each one around its ring."""
+                lab: np.ndarray, height: int, width: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Index of the segment that follows each one around its ring (corners within ``height`` x ``width``)."""
+    ox, oy = offset
+    span_x, span_y = width - ox + 1, height - oy + 1
+
     def key(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return ((lab * (height + 1) + y) * (width + 1) + x) * 4
+        return ((lab * span_y + (y - oy)) * span_x + (x - ox)) * 4
 
     starts = key(x0, y0) + direction
     order = np.argsort(starts, kind="stable")

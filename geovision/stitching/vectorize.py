@@ -39,7 +39,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
 import geopandas as gpd
@@ -51,7 +50,7 @@ from scipy import ndimage
 
 from geovision.errors import ConfigError, warn
 from geovision.io.geo import as_pyproj_crs, ground_pixel_size_m, measure
-from geovision.stitching.trace import outline_polygons
+from geovision.stitching.trace import merge_outlines, outline_polygons
 from geovision.types import Window
 
 __all__ = ["COLUMNS", "PolygonCollector"]
@@ -470,14 +469,10 @@ class PolygonCollector:
                 parts += [piece[1] for piece in pieces]
                 bounds.append(len(parts))
         if parts:
-            # pieces of a group tile the object without overlapping, so a coverage union joins
-            # them (3.6x faster than an overlay union) once both sides of every seam carry the
-            # same vertices: a vertex at every pixel corner along the seam lines
-            noded = _node_on_lines(np.array(parts, dtype=object), self._seam_rows, self._seam_cols)
-            unions = [shapely.coverage_union_all(noded[a:b]) for a, b in pairwise(bounds)]
-            # the noding and the seams leave vertices in the middle of straight edges: dropped, so
-            # seams leave no trace
-            merged[multi] = _drop_straight_vertices(np.array(unions, dtype=object))
+            # the pieces of a group meet only along seams: their outlines are joined there
+            # (3x faster than GEOS's overlay union, and exact)
+            group = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+            merged[multi] = merge_outlines(np.array(parts, dtype=object), group, self._seam_rows, self._seam_cols)
         return class_ids, merged, prob_sums, counts
 
     # --- final features -----------------------------------------------------------
@@ -538,30 +533,6 @@ class PolygonCollector:
         return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=self.crs))
 
 
-def _node_on_lines(polygons: np.ndarray, rows: set[int], cols: set[int]) -> np.ndarray:
-    """``polygons`` with a vertex at every integer point of each edge lying on one of the lines.
-
-    The polygons are in whole-raster pixel coordinates with axis-parallel edges between
-    integer corners (traced pixel outlines). Horizontal edges on a row in ``rows`` and
-    vertical edges on a column in ``cols`` are split into unit steps; other edges are kept.
-    """
-    rings, ring_polygon = shapely.get_rings(polygons, return_index=True)
-    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
-    inside = ring_of[:-1] == ring_of[1:]  # consecutive points of one ring: an edge
-    start, end, ring = coords[:-1][inside], coords[1:][inside], ring_of[:-1][inside]
-    step = end - start
-    on_line = ((step[:, 1] == 0) & np.isin(start[:, 1], np.fromiter(rows, np.float64, len(rows)))) | (
-        (step[:, 0] == 0) & np.isin(start[:, 0], np.fromiter(cols, np.float64, len(cols)))
-    )
-    pieces = np.where(on_line, np.abs(step).sum(axis=1), 1).astype(np.int64)
-    edge = np.repeat(np.arange(len(start)), pieces)
-    k = np.arange(len(edge)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-    points = start[edge] + np.sign(step)[edge] * k[:, None]
-    # each ring comes back without its closing point; linearrings closes it again
-    new_rings = shapely.linearrings(points, indices=ring[edge])
-    return shapely.polygons(new_rings, indices=ring_polygon)
-
-
 def _rectangles(labels: np.ndarray, n_labels: int, counts: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """Which of components ``1..N`` fill their bounding box, and the box of those.
 
@@ -593,28 +564,3 @@ def _rectangles(labels: np.ndarray, n_labels: int, counts: np.ndarray) -> tuple[
     r1[br_label], c1[br_label] = br_rows, br_cols
     rect = (n_tl == 1) & (n_br == 1) & ((r1 - r0 + 1) * (c1 - c0 + 1) == counts)
     return rect, (r0, c0, r1, c1)
-
-
-def _drop_straight_vertices(polygons: np.ndarray) -> np.ndarray:
-    """``polygons`` without the vertices where a ring goes straight on (pixel outlines: axis-parallel edges).
-
-    Exact, unlike a simplification with a tolerance: only vertices whose incoming and
-    outgoing edges point the same way go (including a ring's first vertex), and
-    repeated vertices.
-    """
-    rings, ring_polygon = shapely.get_rings(polygons, return_index=True)
-    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
-    last = np.r_[ring_of[1:] != ring_of[:-1], True]  # the closing repeat of each ring's first point
-    coords, ring_of = coords[~last], ring_of[~last]
-    first = np.r_[True, ring_of[1:] != ring_of[:-1]]
-    starts = np.flatnonzero(first)
-    ends = np.r_[starts[1:], len(coords)] - 1
-    prev = np.arange(len(coords)) - 1
-    prev[starts] = ends  # cyclic within each ring
-    nxt = np.arange(len(coords)) + 1
-    nxt[ends] = starts
-    into = np.sign(coords - coords[prev])
-    out = np.sign(coords[nxt] - coords)
-    keep = ~(into == out).all(axis=1) & (into != 0).any(axis=1)
-    new_rings = shapely.linearrings(coords[keep], indices=ring_of[keep])
-    return shapely.polygons(new_rings, indices=ring_polygon)
