@@ -62,3 +62,27 @@ def test_same_scene_passes_and_shifted_scenes_are_flagged(setup) -> None:
         result = geovision.predict(swapped, bundle, tmp_path / "swapped.gpkg", tile=256, progress=False)
     psis = result.summary["inputs"][0]["drift"]["psi"]
     assert psis["red"] > PSI_SHIFT and psis["blue"] > PSI_SHIFT and psis["green"] < 0.1
+
+
+def test_monitor_counts_the_tiles_it_is_shown() -> None:
+    """predict's streaming check: every 8th pixel of each tile read, valid ones only, scored as psi() scores."""
+    from geovision.io.drift import DriftMonitor
+
+    rng = np.random.default_rng(1)
+    ref = reference(rng.normal(100, 10, size=(2, 20_000)))
+    monitor = DriftMonitor(ref, ["a", "b"])
+    tiles = rng.normal(100, 10, size=(3, 2, 64, 64))
+    tiles[2, 1] += 30  # band b of the last tile is brighter
+    valid = np.ones((3, 64, 64), bool)
+    valid[1, :32] = False
+    tiles[1, :, :32] = np.nan  # nodata under the mask is never counted
+    shown = []
+    for t, v in zip(tiles, valid):
+        monitor.add(t, v)
+        sub, keep = t[:, ::8, ::8], v[::8, ::8]
+        shown.append(sub[:, keep])
+    with pytest.warns(GeovisionWarning, match="tiles: looks unlike.*band\\(s\\) b "):
+        result = monitor.result("tiles")
+    expected = psi(ref, np.concatenate(shown, axis=1))
+    assert result["psi"] == {"a": round(expected[0], 4), "b": round(expected[1], 4)}
+    assert result["psi"]["b"] > result["psi"]["a"]

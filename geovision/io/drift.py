@@ -2,8 +2,10 @@
 
 A trained bundle records, per band, the distribution of its training pixels
 (:func:`reference`: quantile bin edges and the share of pixels in each bin).
-``predict`` samples every input raster on a coarse grid (:func:`sample_raster`,
-a decimated read: it never loads the raster) and scores each band with the
+``predict`` counts a thinned-out share of the pixels of every tile it reads anyway
+(:class:`DriftMonitor`: no extra reading, whatever the raster's size; on a
+cluster, where the pixels stay on the workers, it samples the raster instead,
+:func:`sample_raster`) and scores each band with the
 population stability index, PSI = Σ (a − e) · ln(a / e) over the bins, where e
 and a are the reference and the new shares. PSI below 0.1 means no real change,
 0.1–0.25 some, above 0.25 a shift large enough to distrust the predictions
@@ -22,7 +24,7 @@ import rasterio
 
 from geovision.errors import warn
 
-__all__ = ["PSI_SHIFT", "check_drift", "psi", "reference", "sample_raster"]
+__all__ = ["PSI_SHIFT", "DriftMonitor", "check_drift", "psi", "reference", "sample_raster"]
 
 PSI_SHIFT = 0.25
 """PSI above which a band counts as shifted."""
@@ -31,7 +33,13 @@ _FLOOR = 1e-4  # share given to empty bins, so the logarithm stays finite
 
 
 def sample_raster(path: str, bands: Sequence[int], *, max_side: int = 512) -> np.ndarray:
-    """Valid pixels of ``bands`` read on a grid of at most ``max_side`` x ``max_side``: ``(B, n)`` float64."""
+    """Valid pixels of ``bands`` read on a grid of at most ``max_side`` x ``max_side``: ``(B, n)`` float64.
+
+    A decimated read: it never holds the raster, but without overviews GDAL
+    decompresses every block of it (1.3 s for a 4096 px deflate GeoTIFF), which is
+    why ``predict`` counts the tiles it reads anyway (:class:`DriftMonitor`) where
+    it can.
+    """
     from geovision.tiling.reader import gdal_env
 
     with gdal_env(), rasterio.open(path) as ds:
@@ -41,6 +49,40 @@ def sample_raster(path: str, bands: Sequence[int], *, max_side: int = 512) -> np
         masks = ds.read_masks(list(bands), out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
     valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
     return data[:, valid].astype(np.float64)
+
+
+class DriftMonitor:
+    """Counts, per band, a thinned-out share of the pixels of the tiles ``predict`` reads.
+
+    Every ``stride``-th row and column of a tile goes into the reference's bins; at
+    the end :meth:`result` scores the counts as :func:`check_drift` does. Costs
+    about 0.1 ms per 512 px tile and no reading of its own.
+
+    Args:
+        ref: the bundle's ``drift_reference``.
+        band_names: the bundle's band names, for the summary and the warning.
+        stride: sampling step in pixels.
+    """
+
+    def __init__(self, ref: dict[str, Any], band_names: Sequence[str], stride: int = 8) -> None:
+        self.ref = ref
+        self.band_names = list(band_names)
+        self.stride = stride
+        self._edges = [np.asarray(e, dtype=np.float64) for e in ref["edges"]]
+        self._counts = [np.zeros(len(p), dtype=np.int64) for p in ref["proportions"]]
+
+    def add(self, data: np.ndarray, valid: np.ndarray) -> None:
+        """Count one tile: ``(B, h, w)`` values and its ``(h, w)`` validity."""
+        s = self.stride
+        sub = data[:, ::s, ::s]
+        keep = valid[::s, ::s] & np.all(np.isfinite(sub), axis=0)
+        for edges, counts, band in zip(self._edges, self._counts, sub):
+            counts += np.bincount(np.searchsorted(edges, band[keep], side="right"), minlength=len(counts))
+
+    def result(self, path: str) -> dict[str, Any]:
+        """PSI per band from the counts so far; warns (naming ``path``) when a band has shifted."""
+        return _report(path, self.band_names, [_psi_counts(e, c) for e, c in zip(self.ref["proportions"],
+                                                                                 self._counts)])
 
 
 def reference(samples: np.ndarray, bins: int = 20) -> dict[str, Any]:
@@ -65,10 +107,14 @@ def psi(ref: dict[str, Any], samples: np.ndarray) -> list[float]:
     out = []
     for edges, expected, band in zip(ref["edges"], ref["proportions"], np.asarray(samples, dtype=np.float64)):
         counts = np.bincount(np.searchsorted(np.asarray(edges), band, side="right"), minlength=len(expected))
-        actual = np.maximum(counts / max(1, band.size), _FLOOR)
-        e = np.maximum(np.asarray(expected), _FLOOR)
-        out.append(float(np.sum((actual - e) * np.log(actual / e))))
+        out.append(_psi_counts(expected, counts))
     return out
+
+
+def _psi_counts(expected: Sequence[float], counts: np.ndarray) -> float:
+    actual = np.maximum(counts / max(1, int(counts.sum())), _FLOOR)
+    e = np.maximum(np.asarray(expected), _FLOOR)
+    return float(np.sum((actual - e) * np.log(actual / e)))
 
 
 def check_drift(path: str, bands: Sequence[int], band_names: Sequence[str], ref: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +123,10 @@ def check_drift(path: str, bands: Sequence[int], band_names: Sequence[str], ref:
     Returns:
         ``{"psi": {band name: PSI}, "shifted": [band names with PSI > PSI_SHIFT]}`` for the summary.
     """
-    scores = psi(ref, sample_raster(path, bands))
+    return _report(path, band_names, psi(ref, sample_raster(path, bands)))
+
+
+def _report(path: str, band_names: Sequence[str], scores: Sequence[float]) -> dict[str, Any]:
     result = {"psi": {n: round(v, 4) for n, v in zip(band_names, scores)},
               "shifted": [n for n, v in zip(band_names, scores) if v > PSI_SHIFT]}
     if result["shifted"]:

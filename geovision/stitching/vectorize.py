@@ -5,9 +5,11 @@ a :class:`PolygonCollector`, which turns it into polygons at once, so memory
 does not grow with the raster's area:
 
 1. Per class, 4-connected components (:func:`scipy.ndimage.label`), traced to
-   polygons by :func:`rasterio.features.shapes` **in pixel coordinates of the
-   whole raster**. Pixel corners are integers there, so pieces of one object cut
-   by a seam share exactly the same edge coordinates and union exactly.
+   polygons **in pixel coordinates of the whole raster**: components that fill
+   their bounding box as rectangles, the rest by
+   :func:`geovision.stitching.trace.outline_polygons` (the polygons GDAL's
+   polygonize gives). Pixel corners are integers there, so pieces of one object
+   cut by a seam share exactly the same edge coordinates.
 2. A component touching a block side that is not the raster's edge may continue
    in a neighbouring block: it is kept as a *pending* piece. Every other
    component is final and returned by :meth:`PolygonCollector.add_block`.
@@ -19,8 +21,9 @@ does not grow with the raster's area:
    so they stay apart, as 4-connectivity wants.
 4. A group counts its *open* (piece, side) pairs: sides its pieces touch whose
    facing pixels have not all arrived yet. A side closes when they have; when a
-   group has no open pair left it cannot grow any more: its pieces are unioned
-   (in arrival order), its probability sums and pixel counts added, and it is
+   group has no open pair left it cannot grow any more: its pieces are joined
+   (:func:`geovision.stitching.trace.merge_outlines`: the seam steps two pieces
+   share cancel), its probability sums and pixel counts added, and it is
    returned by that same :meth:`~PolygonCollector.add_block` call and forgotten.
 
 Final features are then moved to map coordinates, optionally simplified,

@@ -120,6 +120,10 @@ class RasterRun:
     tiles_processed: int = 0
     tiles_skipped: int = 0
     merge_seconds: float = 0.0
+    #: counts the tiles as they are read (local runs with a drift reference)
+    drift_monitor: Any = None
+    #: the drift check's result for the summary
+    drift: dict[str, Any] | None = None
 
 
 @dataclass
@@ -269,7 +273,11 @@ def _client(options: PredictOptions):
 
 
 def _drift_check(info: RasterInfo, config) -> dict[str, Any] | None:
-    """PSI per band against the bundle's training imagery (a warning when shifted); None without a reference."""
+    """PSI per band against the bundle's training imagery (a warning when shifted); None without a reference.
+
+    For cluster runs, whose pixels stay on the workers: a decimated read up front. Local
+    runs count the tiles as they are read instead (:class:`~geovision.io.drift.DriftMonitor`).
+    """
     if not config.drift_reference:
         return None
     from geovision.io.drift import check_drift
@@ -372,7 +380,8 @@ def run_predict(opts: PredictOptions) -> PredictResult:
     bands, bands_from = (opts.bands, "--bands") if opts.bands else (config.bands, "the bundle's band order")
     infos = [open_raster(path, bands, config.in_channels, bands_from=bands_from) for path in opts.rasters]
     resolutions = [_resolution_check(info, config.ground_resolution_m) for info in infos]
-    drift = [_drift_check(info, config) for info in infos]
+    remote_run = bool(opts.scheduler)
+    drift = [_drift_check(info, config) if remote_run else None for info in infos]
     multi = len(infos) > 1
     crs = infos[0].crs
     zones = None
@@ -403,6 +412,10 @@ def run_predict(opts: PredictOptions) -> PredictResult:
             cpath = None if detection else sibling(opts.out, f"{stem}.classes.tif")
             ppath = sibling(opts.out, f"{stem}.probabilities.tif") if opts.probabilities else None
             runs.append(RasterRun(info, cpath, ppath))
+            if config.drift_reference and not remote_run:
+                from geovision.io.drift import DriftMonitor
+
+                runs[-1].drift_monitor = DriftMonitor(config.drift_reference, config.band_names)
         # final COG path -> (temporary COG, scratch GeoTIFF written block by block)
         cog_tmps: dict[Path, tuple[Path, Path]] = {}
         for r in runs:
@@ -447,6 +460,8 @@ def run_predict(opts: PredictOptions) -> PredictResult:
                 _run_raster(run, grid, consumer, opts, client, pool,
                             (bundle_future, digest) if remote else None, progress, tile_size)
                 run.merge_seconds = getattr(consumer, "merge_seconds", 0.0)
+                if run.drift_monitor is not None:
+                    run.drift = run.drift_monitor.result(run.info.path)
                 _finish_cogs(run, cog_tmps)
         finally:
             stack.close()
@@ -472,8 +487,8 @@ def run_predict(opts: PredictOptions) -> PredictResult:
         elapsed = time.perf_counter() - t0
         summary = _summary(opts, config, runs, resolutions, sinks.main, elapsed)
         summary["inference"] = inference
-        for entry, d in zip(summary["inputs"], drift):
-            entry["drift"] = d
+        for entry, d, run in zip(summary["inputs"], drift, runs):
+            entry["drift"] = d if remote_run else run.drift
         if zones is not None:
             summary["zones"] = zones.summary()
             summary["outputs"]["zones"] = str(layer_paths["zones"])
@@ -654,7 +669,7 @@ def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, 
                 ((batch, read, skipped),
                  np.stack([t.data for t in read]) if read else None,
                  np.stack([t.valid for t in read]) if read else None)
-                for whole, (all_read, all_skipped) in reads
+                for whole, (all_read, all_skipped) in _watched(reads, run.drift_monitor)
                 for batch, read, skipped in _passes(whole, all_read, all_skipped, pool.plan.batch_size)
             )
             for (batch, read, skipped), outs in pool.map(jobs):
@@ -672,6 +687,15 @@ def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, 
         consumer.close()
     if stitcher.error is not None:
         raise stitcher.error
+
+
+def _watched(reads, monitor):
+    """Pass read batches through, counting their tiles for the drift check on the way."""
+    for whole, (read, skipped) in reads:
+        if monitor is not None:
+            for t in read:
+                monitor.add(t.data, t.valid)
+        yield whole, (read, skipped)
 
 
 #: tiles one Dask read task reads (at least; a bigger batch per forward pass reads that many)
