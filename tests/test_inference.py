@@ -174,3 +174,20 @@ def test_read_batches_split_into_passes_in_grid_order() -> None:
     assert [[t.index for t in s] for _, _, s in parts] == [[tiles[1].index], [tiles[4].index]]
     # every tile skipped: one part with nothing to read
     assert [(len(p), len(r), len(s)) for p, r, s in _passes(tiles, [], tiles, 2)] == [(5, 0, 5)]
+
+
+def test_local_reader_cluster_is_quiet_and_private() -> None:
+    """predict's in-process Dask cluster: no stack profiler, slow monitors, no HTTP server on Dask's :8787."""
+    from geovision.tiling.stream import local_client, stream
+
+    client = local_client(2)
+    try:
+        scheduler = client.cluster.scheduler
+        worker = next(iter(client.cluster.workers.values()))
+        assert not {"profile", "profile-cycle"} & set(worker.periodic_callbacks)
+        bound = [s.getsockname() for s in scheduler.http_server._sockets.values()]
+        assert bound and all(addr[0] == "127.0.0.1" and addr[1] != 8787 for addr in bound)
+        assert [r for _, r in stream(client, sum, [[1, 2], [3]], prefetch=2)] == [3, 3]
+    finally:
+        client.close()
+        client.cluster.close()

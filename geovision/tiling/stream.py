@@ -62,6 +62,7 @@ QUIET_LOCAL_CLUSTER = {
     "distributed.admin.system-monitor.interval": "5s",
     "distributed.worker.memory.monitor-interval": "5s",
     "distributed.admin.tick.interval": "1s",
+    "distributed.scheduler.http.routes": [],
 }
 
 
@@ -83,6 +84,9 @@ def local_client(threads: int | None = None):
         if name.startswith("distributed"):
             logging.getLogger(name).setLevel(logging.ERROR)
     with dask.config.set(QUIET_LOCAL_CLUSTER):  # read when the scheduler and worker are built
-        cluster = LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None,
+        # dashboard_address=None still opens Dask's HTTP server on :8787 (taken by, or exposed
+        # next to, the user's own Dask): a random local port, no dashboard, no routes
+        cluster = LocalCluster(n_workers=1, threads_per_worker=threads, processes=False,
+                               dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False},
                                silence_logs=logging.CRITICAL)
     return Client(cluster)
