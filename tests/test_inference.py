@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from test_models import make_config, random_tiles, unet_config
+from test_models import make_config, random_tiles, trained_like_unet
 
 from geovision.errors import ConfigError
 from geovision.models.inference import (
@@ -22,14 +22,8 @@ from geovision.models.segmentation import SegmentationPredictor
 
 @pytest.fixture(scope="module")
 def unet() -> SegmentationPredictor:
-    """An untrained U-Net-ResNet18 with non-trivial batch-norm statistics, as a trained one has."""
-    config = unet_config()
-    torch.manual_seed(0)
-    model = build_model(config)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(4, 3, 64, 64))
-    return SegmentationPredictor(config, model.state_dict(), device="cpu", precision="fp32")
+    config, state = trained_like_unet()
+    return SegmentationPredictor(config, state, device="cpu", precision="fp32")
 
 
 # --- the plan ------------------------------------------------------------------------

@@ -68,16 +68,20 @@ def shallow_weights() -> tuple[BundleConfig, dict[str, torch.Tensor]]:
     return config, build_model(config).state_dict()
 
 
-@pytest.fixture(scope="module")
-def unet_weights() -> tuple[BundleConfig, dict[str, torch.Tensor]]:
+def trained_like_unet() -> tuple[BundleConfig, dict[str, torch.Tensor]]:
+    """An untrained U-Net-ResNet18 whose batch-norm layers have non-trivial statistics, as a trained one has."""
     config = unet_config()
     torch.manual_seed(0)
     model = build_model(config)
-    # Give the batch-norm layers non-trivial statistics, as a trained model would have.
     model.train()
     with torch.no_grad():
         model(torch.randn(4, 3, 64, 64))
     return config, model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def unet_weights() -> tuple[BundleConfig, dict[str, torch.Tensor]]:
+    return trained_like_unet()
 
 
 def random_tiles(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
