@@ -56,42 +56,45 @@ class SegmentationPredictor(TilePredictor):
         stride = getattr(getattr(self.model, "encoder", None), "output_stride", None)
         if isinstance(stride, int) and stride > 0:
             self.pad_multiple = math.lcm(self.pad_multiple, stride)
-        #: run a frozen TorchScript graph of the model (see :meth:`_graph_for`)
+        #: run a frozen TorchScript graph of the model (see :meth:`_forward`)
         self.graph = (self.device.type == "cpu" and self.dtype is None) if graph is None else graph
         self._graphs: dict[tuple[int, ...], Any] = {}
         self._graph_lock = threading.Lock()
 
-    def _graph_for(self, x: torch.Tensor) -> Any:
-        """The model as a frozen TorchScript graph for inputs shaped like ``x``, or the model itself.
+    def _forward(self, x: torch.Tensor) -> Any:
+        """The model's output for ``x``: through a frozen TorchScript graph where there is one.
 
         In a graph the whole forward pass runs in C++ without Python's GIL, so forward
         passes on several threads do not queue behind each other, or behind reading and
         stitching, at every layer (U-Net-ResNet18, two passes beside a busy Python
         thread on 2 cores: 0.37 s per tile as a graph, 0.62 s eager). Freezing also folds
         batch norms into the convolutions. A graph is traced once per input shape (smp's
-        decoders size their upsampling from the input); where tracing fails, or
-        ``graph`` is off (the default for autocast and GPUs), the eager model runs.
+        decoders size their upsampling from the input); the tracing pass's own output is
+        this batch's result, so tracing costs no extra pass. While one thread traces,
+        others run eagerly rather than wait. Where tracing fails, or ``graph`` is off
+        (the default for autocast and GPUs), the eager model runs.
         """
         if not self.graph:
-            return self.model
+            return self.model(x)
         key = tuple(x.shape)
         found = self._graphs.get(key)
         if found is not None:
-            return found
-        # one thread traces; others run this batch eagerly rather than wait for it
+            return found(x)
         if not self._graph_lock.acquire(blocking=False):
-            return self.model
+            return self.model(x)
         try:
-            if key not in self._graphs:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # torch.jit is deprecated, but still the GIL-free way
-                    traced = torch.jit.trace(self.model, x, check_trace=False)
-                    self._graphs[key] = torch.jit.freeze(traced)
-            return self._graphs[key]
+            if key in self._graphs:
+                return self._graphs[key](x)
+            capture = _Capture(self.model).eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit is deprecated, but still the GIL-free way
+                traced = torch.jit.trace(capture, x, check_trace=False)
+                self._graphs[key] = torch.jit.freeze(traced)
+            return capture.output
         except Exception as exc:  # noqa: BLE001  (any failure: run eagerly, as before)
             log.info("running %s eagerly: tracing failed (%s)", type(self.model).__name__, exc)
             self.graph = False
-            return self.model
+            return self.model(x)
         finally:
             self._graph_lock.release()
 
@@ -120,8 +123,21 @@ class SegmentationPredictor(TilePredictor):
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.autocast():
-                logits = self._graph_for(x)(x)
+                logits = self._forward(x)
             if isinstance(logits, (tuple, list)):  # smp with aux_params returns (masks, labels)
                 logits = logits[0]
             probs = torch.softmax(logits[:, :, :h, :w].float(), dim=1)
             return probs.contiguous().cpu().numpy()
+
+
+class _Capture(torch.nn.Module):
+    """Wraps a model for tracing and keeps the output of the pass that traced it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.output: Any = None
+
+    def forward(self, x: torch.Tensor) -> Any:
+        self.output = self.model(x)
+        return self.output
