@@ -133,11 +133,36 @@ def test_graph_equals_eager(arch: str, encoder: str) -> None:
     assert all(isinstance(g, torch.jit.ScriptModule) for g in graph._graphs.values())
 
 
-def test_graph_is_off_for_autocast(unet: SegmentationPredictor) -> None:
-    bf16 = SegmentationPredictor(unet.config, unet.model.state_dict(), device="cpu", precision="bf16")
-    assert not bf16.graph
-    bf16.predict(random_tiles((1, 3, 64, 64)))
-    assert not bf16._graphs
+def test_graph_under_bf16_autocast_is_as_close_to_fp32_as_eager(unet: SegmentationPredictor) -> None:
+    """Traced under autocast, the graph keeps autocast's bf16 casts: its error against float32 is eager bf16's.
+
+    Freezing folds batch norms into bf16 convolution weights, so the frozen graph does
+    not repeat eager bf16 bit for bit; it must be no further from float32 than eager is.
+    """
+    config, state = unet.config, unet.model.state_dict()
+    graph = SegmentationPredictor(config, state, device="cpu", precision="bf16")
+    eager = SegmentationPredictor(config, state, device="cpu", precision="bf16", graph=False)
+    fp32 = SegmentationPredictor(config, state, device="cpu", precision="fp32", graph=False)
+    assert graph.graph and graph.dtype == torch.bfloat16
+    tiles = random_tiles((2, 3, 64, 64), seed=4)
+    reference, eager_out = fp32.predict(tiles), eager.predict(tiles)
+    # the tracing pass's output is the eager model's
+    np.testing.assert_allclose(graph.predict(tiles), eager_out, atol=1e-6)
+    assert list(graph._graphs) == [(2, 3, 64, 64)]
+    frozen = graph.predict(tiles)  # the frozen graph
+    eager_error = np.abs(eager_out - reference)
+    frozen_error = np.abs(frozen - reference)
+    assert eager_error.max() > 1e-3  # bf16 really ran, in both
+    assert frozen_error.max() > 1e-3
+    assert frozen_error.max() <= 2 * eager_error.max()
+    assert frozen_error.mean() <= 1.5 * eager_error.mean()
+    assert (frozen.argmax(1) == reference.argmax(1)).mean() >= 0.99
+
+
+def test_graph_is_off_on_request(unet: SegmentationPredictor) -> None:
+    eager = SegmentationPredictor(unet.config, unet.model.state_dict(), device="cpu", precision="bf16", graph=False)
+    eager.predict(random_tiles((1, 3, 64, 64)))
+    assert not eager.graph and not eager._graphs
 
 
 def test_graph_from_several_threads_at_once(unet: SegmentationPredictor) -> None:

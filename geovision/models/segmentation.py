@@ -57,7 +57,7 @@ class SegmentationPredictor(TilePredictor):
         if isinstance(stride, int) and stride > 0:
             self.pad_multiple = math.lcm(self.pad_multiple, stride)
         #: run a frozen TorchScript graph of the model (see :meth:`_forward`)
-        self.graph = (self.device.type == "cpu" and self.dtype is None) if graph is None else graph
+        self.graph = (self.device.type == "cpu") if graph is None else graph
         self._graphs: dict[tuple[int, ...], Any] = {}
         self._graph_lock = threading.Lock()
 
@@ -71,8 +71,11 @@ class SegmentationPredictor(TilePredictor):
         batch norms into the convolutions. A graph is traced once per input shape (smp's
         decoders size their upsampling from the input); the tracing pass's own output is
         this batch's result, so tracing costs no extra pass. While one thread traces,
-        others run eagerly rather than wait. Where tracing fails, or ``graph`` is off
-        (the default for autocast and GPUs), the eager model runs.
+        others run eagerly rather than wait. Traced under bf16 autocast, the graph keeps
+        autocast's casts and freezing casts the weights once, not at every pass
+        (AVX512-BF16 EPYC, two passes on 2 cores: 53 ms per tile against 88 ms eager;
+        batch norms folded into bf16 weights leave it as close to float32 as eager bf16). Where tracing fails, or ``graph`` is off (the default on GPUs),
+        the eager model runs.
         """
         if not self.graph:
             return self.model(x)
