@@ -67,6 +67,11 @@ def test_notebook_runs(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    # no notices a user would have to silence (tqdm without widgets, Dask's dashboard port)
+    stderr = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                     if o.output_type == "stream" and o.get("name") == "stderr")
+    for notice in ("IProgress not found", "Port 8787", "TqdmWarning"):
+        assert notice not in stderr, f"{name} printed {notice!r}:\n{stderr[-2000:]}"
     written = [p for p in (work / "notebook-output").rglob("*") if p.is_file()]
     assert written, "the notebook wrote nothing into its working folder"
     assert sorted(p.name for p in NOTEBOOKS.iterdir()) == before, "the notebook wrote into the repository"

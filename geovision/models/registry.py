@@ -76,6 +76,9 @@ class ShallowNet(nn.Module):
 @lru_cache(maxsize=1)
 def _smp() -> ModuleType:
     # Imported on first use: smp (and timm) take seconds to import.
+    from geovision.progress import import_tqdm_auto_quietly
+
+    import_tqdm_auto_quietly()
     import segmentation_models_pytorch as smp
 
     return smp

@@ -201,7 +201,7 @@ def fit(
         num_workers: DataLoader worker processes.
         on_epoch: called with the history after each epoch (report writing).
     """
-    from tqdm.auto import tqdm
+    from geovision.progress import progress_bar
 
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -231,7 +231,7 @@ def fit(
                                              num_workers=num_workers, collate_fn=collate)
         model.train()
         losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False, dynamic_ncols=True)
+        bar = progress_bar(iterable=loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False, dynamic_ncols=True)
         for x, y in bar:
             factor = _lr_factor(state["step"], total_steps, warmup)
             for group in optimizer.param_groups:

@@ -40,10 +40,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch.losses import DiceLoss as SmpDiceLoss
 from torch import nn
 
 from geovision.errors import ConfigError
+from geovision.progress import import_tqdm_auto_quietly
+
+import_tqdm_auto_quietly()  # before smp, which imports tqdm.auto (see geovision.progress)
+from segmentation_models_pytorch.losses import DiceLoss as SmpDiceLoss
 
 __all__ = [
     "LOSSES",

@@ -749,9 +749,9 @@ class _progress:
     """tqdm bar over tiles with megapixels per second (silent when disabled)."""
 
     def __init__(self, total: int, enabled: bool) -> None:
-        from tqdm.auto import tqdm
+        from geovision.progress import progress_bar
 
-        self.bar = tqdm(total=total, unit="tile", desc="predict", disable=not enabled, dynamic_ncols=True)
+        self.bar = progress_bar(total=total, unit="tile", desc="predict", disable=not enabled, dynamic_ncols=True)
         self.t0 = time.perf_counter()
         self.pixels = 0
 

@@ -450,9 +450,9 @@ class _null:
 
 
 def _bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from geovision.progress import progress_bar
 
-    return tqdm(total=total, unit="block", desc=desc, disable=not enabled, dynamic_ncols=True)
+    return progress_bar(total=total, unit="block", desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
 def _pass2_block(info: RasterInfo, fields: _Fields, window: Window, values: np.ndarray, status: np.ndarray,
