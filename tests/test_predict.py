@@ -209,3 +209,28 @@ def test_review_band_on_segmentation(tmp_path: Path) -> None:
     review = gpd.read_file(out, layer="review")
     assert set(found["review"]) <= {0, 1}
     assert len(review) == int((found["mean_probability"] < 0.999).sum()) == int(found["review"].sum())
+
+
+def test_heap_is_frozen_during_the_run_and_handed_back(tmp_path: Path, bundle: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run keeps the objects alive before it out of the collector's sweeps, and restores the collector."""
+    import gc
+
+    from geovision.workflows import predict as predict_module
+
+    img, _ = scene(300, 300, seed=5, n_objects=6)
+    raster = write_raster(tmp_path / "scene.tif", img)
+    seen: list[int] = []
+    check_task = predict_module._check_task
+    monkeypatch.setattr(predict_module, "_check_task", lambda *a: (seen.append(gc.get_freeze_count()), check_task(*a)))
+    assert gc.get_freeze_count() == 0
+    predict(raster, bundle, tmp_path / "a.gpkg", tile=256, overlap=64, progress=False)
+    assert seen[0] > 0  # frozen while it ran
+    assert gc.get_freeze_count() == 0  # and thawed after
+    # a caller's own freeze is left as it is
+    gc.freeze()
+    try:
+        predict(raster, bundle, tmp_path / "b.gpkg", tile=256, overlap=64, progress=False)
+        assert gc.get_freeze_count() > 0  # not thawed by the run
+    finally:
+        gc.unfreeze()
