@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     from geovision.workflows.predict import (
         PredictOptions,
         RasterRun,
+        _heap_frozen,
         _segmentation_consumer,
         _Sinks,
     )
@@ -91,14 +92,15 @@ def main(argv: list[str] | None = None) -> dict:
         run = RasterRun(info, out / "s.classes.tif", None)
         cogs = {run.classes_path: (out / "s.cog.tif", out / "s.scratch.tif")}
         sinks = _Sinks.open(out / "s.scratch.gpkg", config, info.crs, False)
-        t0 = time.perf_counter()
-        consumer = _segmentation_consumer(run, grid, config, opts, cogs, sinks.main)
-        for tile, probs, valid in outputs:
-            consumer.add(tile, probs, valid)
-        consumer.finish()
-        consumer.close()
-        sinks.close(None)
-        return time.perf_counter() - t0, sinks.main.count
+        with _heap_frozen():  # as predict runs it
+            t0 = time.perf_counter()
+            consumer = _segmentation_consumer(run, grid, config, opts, cogs, sinks.main)
+            for tile, probs, valid in outputs:
+                consumer.add(tile, probs, valid)
+            consumer.finish()
+            consumer.close()
+            sinks.close(None)
+            return time.perf_counter() - t0, sinks.main.count
 
     stitch()  # warm-up: imports, first allocations
     times = []

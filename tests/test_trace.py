@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import rasterio.features
 import shapely
 import shapely.geometry
@@ -11,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from geovision.stitching.trace import outline_polygons
+import geovision.stitching.trace as trace
+from geovision.stitching.trace import merge_outlines, outline_polygons
 
 
 def components(classes: np.ndarray) -> tuple[np.ndarray, int]:
@@ -69,3 +71,37 @@ def test_holes_nested_components_and_empty_labels() -> None:
     ring, island = geoms[0], geoms[1]
     assert ring.area == 49 - 9 and len(ring.interiors) == 1 and island.area == 1
     assert outline_polygons(np.zeros((4, 4), int), 0).shape == (0,)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 100_000), rows=st.integers(1, 40), cols=st.integers(1, 40),
+       density=st.floats(0.1, 0.9), n_classes=st.integers(1, 3))
+def test_table_and_sorted_successors_agree(seed: int, rows: int, cols: int, density: float, n_classes: int) -> None:
+    """Linking segments by the dense corner table (blocks) and by sorting (wide spans) gives the same rings."""
+    rng = np.random.default_rng(seed)
+    classes = np.where(rng.random((rows, cols)) < density, rng.integers(1, n_classes + 1, (rows, cols)), 0)
+    labels, n = components(classes)
+    by_table = outline_polygons(labels, n, row_off=5, col_off=2)
+    # pieces cut at a seam row and column, joined again: merge_outlines links segments the same way
+    r, c = rows // 2, cols // 2
+    pieces, group = [], []
+    for sub, (r0, c0) in ((labels[:r, :c], (0, 0)), (labels[:r, c:], (0, c)), (labels[r:, :c], (r, 0)),
+                          (labels[r:, c:], (r, c))):
+        got = outline_polygons(sub, n, row_off=r0, col_off=c0)
+        for label in np.flatnonzero(got != None):  # noqa: E711  (object array of polygons)
+            pieces.append(got[label])
+            group.append(label)
+    present = np.unique(np.asarray(group, dtype=np.int64))
+    group = np.searchsorted(present, group)
+    parts = np.array(pieces, dtype=object)
+    merged_table = merge_outlines(parts, group, {r}, {c}) if pieces else np.zeros(0, dtype=object)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trace, "_DENSE_SLOTS", 0)
+        by_sorting = outline_polygons(labels, n, row_off=5, col_off=2)
+        merged_sorting = merge_outlines(parts, group, {r}, {c}) if pieces else np.zeros(0, dtype=object)
+    assert all(shapely.equals_exact(a, b, tolerance=0) if a is not None else b is None
+               for a, b in zip(by_table, by_sorting, strict=True))
+    assert shapely.equals_exact(merged_table, merged_sorting, tolerance=0).all()
+    # and the joined pieces are the whole components
+    whole = outline_polygons(labels, n)
+    assert shapely.equals(shapely.normalize(merged_table), shapely.normalize(whole[present])).all()

@@ -37,6 +37,10 @@ __all__ = ["merge_outlines", "outline_polygons"]
 # segment directions, in the order of left turns (pixel rows grow downwards)
 _SOUTH, _EAST, _NORTH, _WEST = 0, 1, 2, 3
 
+#: largest corners x directions table for :func:`_successors`' direct lookup (32 MB; a
+#: 1024 px block needs 4.2 M), beyond which it sorts
+_DENSE_SLOTS = 4 * 1025 * 1025
+
 
 def outline_polygons(labels: np.ndarray, n_labels: int, *, row_off: int = 0, col_off: int = 0) -> np.ndarray:
     """``(N,)`` polygons of the 4-connected components ``1..N`` of ``labels``.
@@ -192,9 +196,31 @@ def nonzero_2d(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _successors(x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray, direction: np.ndarray,
                 lab: np.ndarray, height: int, width: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """Index of the segment that follows each one around its ring (corners within ``height`` x ``width``)."""
+    """Index of the segment that follows each one around its ring (corners within ``height`` x ``width``).
+
+    The successor of a segment starts at its end with the same label: the right turn
+    where there is one, else the lowest direction there (the only one, in a valid
+    outline). Each (corner, direction) starts at most one segment (its first pixel
+    side has one inside pixel), so over a block the starts go into a dense table of
+    corners x 4 directions and each candidate is one lookup; over a larger span the
+    starts are sorted and searched instead.
+    """
     ox, oy = offset
     span_x, span_y = width - ox + 1, height - oy + 1
+    if span_x * span_y * 4 <= _DENSE_SLOTS:
+        table = np.full(span_x * span_y * 4, -1, dtype=np.int64)
+        table[((y0 - oy) * span_x + (x0 - ox)) * 4 + direction] = np.arange(len(x0))
+        end = ((y1 - oy) * span_x + (x1 - ox)) * 4
+        nxt = table[end + (direction + 3) % 4]
+        nxt[lab[nxt] != lab] = -1  # (-1 reads the last label; dropped below in any case)
+        for d in range(4):
+            missing = nxt < 0
+            if not missing.any():
+                break
+            candidate = table[end[missing] + d]
+            found = (candidate >= 0) & (lab[candidate] == lab[missing])
+            nxt[np.flatnonzero(missing)[found]] = candidate[found]
+        return nxt
 
     def key(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return ((lab * span_y + (y - oy)) * span_x + (x - ox)) * 4
