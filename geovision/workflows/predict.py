@@ -459,51 +459,55 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
         total_tiles = sum(len(g) for g in grids)
         progress = _progress(total_tiles, opts.progress)
 
-        client = _client(opts)
-        stack = contextlib.ExitStack()
         try:
-            remote = bool(opts.scheduler)
-            pool = None
-            if not remote:
-                from geovision.models.inference import InferencePool, plan_inference
-                from geovision.models.predictor import make_predictor
+            client = _client(opts)
+            stack = contextlib.ExitStack()
+            try:
+                remote = bool(opts.scheduler)
+                pool = None
+                if not remote:
+                    from geovision.models.inference import InferencePool, plan_inference
+                    from geovision.models.predictor import make_predictor
 
-                predictor = make_predictor(config, state, device=opts.device, precision=opts.precision,
-                                           source=opts.model)
-                plan = plan_inference(predictor.device, streams=opts.streams, batch_size=opts.batch_size)
-                pool = stack.enter_context(InferencePool(predictor, plan))
-                inference = {"device": str(predictor.device), "streams": plan.streams,
-                             "threads_per_stream": plan.threads, "batch_size": plan.batch_size}
-            else:
-                raw = Path(opts.model).read_bytes()
-                digest = hashlib.sha256(raw).hexdigest()[:16]
-                [bundle_future] = client.scatter([raw], broadcast=True)
-                inference = {"device": f"cluster workers ({opts.device})", "streams": None,
-                             "threads_per_stream": None, "batch_size": opts.batch_size or 4}
-            for run, grid in zip(runs, grids):
-                if detection:
-                    consumer = _detection_consumer(run, grid, config, opts, sinks, zones)
+                    predictor = make_predictor(config, state, device=opts.device, precision=opts.precision,
+                                               source=opts.model)
+                    plan = plan_inference(predictor.device, streams=opts.streams, batch_size=opts.batch_size)
+                    pool = stack.enter_context(InferencePool(predictor, plan))
+                    inference = {"device": str(predictor.device), "streams": plan.streams,
+                                 "threads_per_stream": plan.threads, "batch_size": plan.batch_size}
                 else:
-                    consumer = _segmentation_consumer(run, grid, config, opts, cog_tmps, sinks.main)
-                _run_raster(run, grid, consumer, opts, client, pool,
-                            (bundle_future, digest) if remote else None, progress, tile_size)
-                run.merge_seconds = getattr(consumer, "merge_seconds", 0.0)
-                if run.drift_monitor is not None:
-                    run.drift = run.drift_monitor.result(run.info.path)
-                _finish_cogs(run, cog_tmps)
-        finally:
-            stack.close()
-            client.close()
-            if hasattr(client, "cluster") and client.cluster is not None and not opts.scheduler:
-                client.cluster.close()
-            progress.close()
+                    raw = Path(opts.model).read_bytes()
+                    digest = hashlib.sha256(raw).hexdigest()[:16]
+                    [bundle_future] = client.scatter([raw], broadcast=True)
+                    inference = {"device": f"cluster workers ({opts.device})", "streams": None,
+                                 "threads_per_stream": None, "batch_size": opts.batch_size or 4}
+                for run, grid in zip(runs, grids):
+                    if detection:
+                        consumer = _detection_consumer(run, grid, config, opts, sinks, zones)
+                    else:
+                        consumer = _segmentation_consumer(run, grid, config, opts, cog_tmps, sinks.main)
+                    _run_raster(run, grid, consumer, opts, client, pool,
+                                (bundle_future, digest) if remote else None, progress, tile_size)
+                    run.merge_seconds = getattr(consumer, "merge_seconds", 0.0)
+                    if run.drift_monitor is not None:
+                        run.drift = run.drift_monitor.result(run.info.path)
+                    _finish_cogs(run, cog_tmps)
+            finally:
+                stack.close()
+                client.close()
+                if hasattr(client, "cluster") and client.cluster is not None and not opts.scheduler:
+                    client.cluster.close()
+                progress.close()
 
-        if sum(r.tiles_processed for r in runs) == 0:
-            raise NodataOnlyError(
-                f"{', '.join(opts.rasters)}: every pixel is nodata, so there is nothing to predict. "
-                "Check the nodata value (gdalinfo) and the --bands chosen."
-            )
-        sinks.close(zones)
+            if sum(r.tiles_processed for r in runs) == 0:
+                raise NodataOnlyError(
+                    f"{', '.join(opts.rasters)}: every pixel is nodata, so there is nothing to predict. "
+                    "Check the nodata value (gdalinfo) and the --bands chosen."
+                )
+            sinks.close(zones)
+        except BaseException:
+            sinks.abort()  # ends the vector writer thread; the scratch files go with the outputs
+            raise
         targets = [(LAYER, vector_tmp, "Polygon")]
         if opts.points:
             targets.append(("points", layer_tmps["points"], "Point"))
@@ -580,6 +584,10 @@ class _ReviewSink:
         self.main.close()
         self.review.close()
 
+    def abort(self) -> None:
+        self.main.abort()
+        self.review.abort()
+
 
 def flag_for_review(frame, band: tuple[float, float]):
     """``frame`` with a ``review`` column: 1 where its confidence lies in ``[low, high)``, else 0."""
@@ -614,10 +622,16 @@ class _Sinks:
             ).empty()
             point_sink = None
         if review_band is None:
-            return cls(path, LayerSink(path, LAYER, crs, empty), point_sink)
+            # the predictions stream into the file on their own unless points share it during the run
+            return cls(path, LayerSink(path, LAYER, crs, empty, stream=point_sink is None), point_sink)
         empty = flag_for_review(empty, review_band)
         main = _ReviewSink(LayerSink(path, LAYER, crs, empty), LayerSink(path, "review", crs, empty), review_band)
         return cls(path, main, point_sink)
+
+    def abort(self) -> None:
+        for sink in (self.main, self.points):
+            if sink is not None:
+                sink.abort()
 
     def close(self, zones) -> None:
         self.main.close()

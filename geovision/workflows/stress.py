@@ -397,32 +397,35 @@ def stress(
         collector = PolygonCollector(class_names=CLASS_NAMES, skip_classes={NO_CLASS, HEALTHY, WATER, MASKED},
                                      raster_height=info.height, raster_width=info.width, transform=info.affine,
                                      crs=info.crs, nodata=255, min_area_m2=min_area, source=Path(raster).name)
-        sink = LayerSink(scratch_gpkg, STRESS_LAYER, info.crs, _stress_empty(collector, info.crs))
+        sink = LayerSink(scratch_gpkg, STRESS_LAYER, info.crs, _stress_empty(collector, info.crs), stream=True)
         bar = _bar(len(blocks), "stress classes", progress)
         # thresholds have no probability: every stress polygon's mean_probability is 1 (one array for all blocks)
         ones = np.ones((len(CLASS_NAMES), BLOCK, BLOCK), np.float32)
         try:
-            with gdal_env(), rasterio.open(index_scratch) as ids_, rasterio.open(status_scratch) as sds, \
-                    (rasterio.open(model_classes) if model_classes else _null()) as mds:
-                for block in blocks:
-                    w = block.window
-                    values = ids_.read(1, window=w.to_rasterio())
-                    status = sds.read(1, window=w.to_rasterio())
-                    model_codes = mds.read(1, window=w.to_rasterio()) if mds is not None else None
-                    classes = _pass2_block(info, field_set, w, values, status, cut, model_codes, class_m2)
-                    class_writer.write(w, classes)
-                    sink.append(_with_field_ids(collector.add_block(w, classes, ones[:, :w.height, :w.width]),
-                                                field_set))
-                    bar.update(1)
-            sink.append(_with_field_ids(collector.finish(), field_set))
-        finally:
-            class_writer.close()
-            bar.close()
-        to_cog(index_scratch, tmp["index"], resampling="AVERAGE")
-        to_cog(class_scratch, tmp["stress"], resampling="NEAREST")
-
-        table = _field_table(field_set, p1, class_m2, cut, index)
-        sink.close()
+            try:
+                with gdal_env(), rasterio.open(index_scratch) as ids_, rasterio.open(status_scratch) as sds, \
+                        (rasterio.open(model_classes) if model_classes else _null()) as mds:
+                    for block in blocks:
+                        w = block.window
+                        values = ids_.read(1, window=w.to_rasterio())
+                        status = sds.read(1, window=w.to_rasterio())
+                        model_codes = mds.read(1, window=w.to_rasterio()) if mds is not None else None
+                        classes = _pass2_block(info, field_set, w, values, status, cut, model_codes, class_m2)
+                        class_writer.write(w, classes)
+                        sink.append(_with_field_ids(collector.add_block(w, classes, ones[:, :w.height, :w.width]),
+                                                    field_set))
+                        bar.update(1)
+                sink.append(_with_field_ids(collector.finish(), field_set))
+            finally:
+                class_writer.close()
+                bar.close()
+            to_cog(index_scratch, tmp["index"], resampling="AVERAGE")
+            to_cog(class_scratch, tmp["stress"], resampling="NEAREST")
+            table = _field_table(field_set, p1, class_m2, cut, index)
+            sink.close()
+        except BaseException:
+            sink.abort()  # ends the vector writer thread
+            raise
         import pyogrio
 
         pyogrio.write_dataframe(table, scratch_gpkg, layer=FIELDS_LAYER, driver="GPKG", promote_to_multi=True)
