@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-import geovision.stitching.trace as trace
+from geovision.stitching import trace
 from geovision.stitching.trace import merge_outlines, outline_polygons
 
 
@@ -35,13 +35,20 @@ def gdal(labels: np.ndarray, n: int, row_off: int, col_off: int) -> np.ndarray:
     return out
 
 
-@settings(max_examples=200, deadline=None)
-@given(seed=st.integers(0, 100_000), rows=st.integers(1, 25), cols=st.integers(1, 25),
-       density=st.floats(0.1, 0.9), n_classes=st.integers(1, 3))
-def test_same_polygons_as_gdal(seed: int, rows: int, cols: int, density: float, n_classes: int) -> None:
-    rng = np.random.default_rng(seed)
+@st.composite
+def labelled_grids(draw: st.DrawFn, max_side: int) -> tuple[np.ndarray, int]:
+    """Random class grids (1 to 3 classes, any density) as their numbered 4-connected components."""
+    rng = np.random.default_rng(draw(st.integers(0, 100_000)))
+    rows, cols = draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
+    density, n_classes = draw(st.floats(0.1, 0.9)), draw(st.integers(1, 3))
     classes = np.where(rng.random((rows, cols)) < density, rng.integers(1, n_classes + 1, (rows, cols)), 0)
-    labels, n = components(classes)
+    return components(classes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(grid=labelled_grids(max_side=25))
+def test_same_polygons_as_gdal(grid: tuple[np.ndarray, int]) -> None:
+    labels, n = grid
     got = outline_polygons(labels, n, row_off=7, col_off=3)
     expected = gdal(labels, n, 7, 3)
     assert shapely.is_valid(got).all()
@@ -74,13 +81,11 @@ def test_holes_nested_components_and_empty_labels() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(seed=st.integers(0, 100_000), rows=st.integers(1, 40), cols=st.integers(1, 40),
-       density=st.floats(0.1, 0.9), n_classes=st.integers(1, 3))
-def test_table_and_sorted_successors_agree(seed: int, rows: int, cols: int, density: float, n_classes: int) -> None:
+@given(grid=labelled_grids(max_side=40))
+def test_table_and_sorted_successors_agree(grid: tuple[np.ndarray, int]) -> None:
     """Linking segments by the dense corner table (blocks) and by sorting (wide spans) gives the same rings."""
-    rng = np.random.default_rng(seed)
-    classes = np.where(rng.random((rows, cols)) < density, rng.integers(1, n_classes + 1, (rows, cols)), 0)
-    labels, n = components(classes)
+    labels, n = grid
+    rows, cols = labels.shape
     by_table = outline_polygons(labels, n, row_off=5, col_off=2)
     # pieces cut at a seam row and column, joined again: merge_outlines links segments the same way
     r, c = rows // 2, cols // 2
@@ -88,7 +93,7 @@ def test_table_and_sorted_successors_agree(seed: int, rows: int, cols: int, dens
     for sub, (r0, c0) in ((labels[:r, :c], (0, 0)), (labels[:r, c:], (0, c)), (labels[r:, :c], (r, 0)),
                           (labels[r:, c:], (r, c))):
         got = outline_polygons(sub, n, row_off=r0, col_off=c0)
-        for label in np.flatnonzero(got != None):  # noqa: E711  (object array of polygons)
+        for label in np.flatnonzero(got != None):  # an object array: elementwise
             pieces.append(got[label])
             group.append(label)
     present = np.unique(np.asarray(group, dtype=np.int64))
