@@ -74,8 +74,8 @@ class ShallowNet(nn.Module):
 
 
 @lru_cache(maxsize=1)
-def _smp() -> ModuleType:
-    # Imported on first use: smp (and timm) take seconds to import.
+def import_smp() -> ModuleType:
+    """segmentation-models-pytorch, imported on first use (with timm it takes seconds) and quietly."""
     from geovision.progress import import_tqdm_auto_quietly
 
     import_tqdm_auto_quietly()
@@ -85,7 +85,7 @@ def _smp() -> ModuleType:
 
 
 def _smp_architectures() -> dict[str, type[nn.Module]]:
-    return dict(_smp().MODEL_ARCHITECTURES_MAPPING)
+    return dict(import_smp().MODEL_ARCHITECTURES_MAPPING)
 
 
 def list_architectures() -> list[str]:
@@ -95,7 +95,7 @@ def list_architectures() -> list[str]:
 
 def list_encoders() -> list[str]:
     """smp encoder names (``"tu-<timm model>"`` encoders are accepted too but not listed)."""
-    return list(_smp().encoders.get_encoder_names())
+    return list(import_smp().encoders.get_encoder_names())
 
 
 def _suggest(value: str, choices: list[str]) -> str:
@@ -157,7 +157,7 @@ def _build_smp(config: BundleConfig, encoder_weights: str | None) -> nn.Module:
                 f"unknown arch_params {unknown} for {config.arch!r}; valid parameters: {', '.join(allowed)}"
             )
     try:
-        return _smp().create_model(
+        return import_smp().create_model(
             config.arch.lower(),
             encoder_name=config.encoder,
             encoder_weights=encoder_weights,

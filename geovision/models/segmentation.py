@@ -74,8 +74,9 @@ class SegmentationPredictor(TilePredictor):
         others run eagerly rather than wait. Traced under bf16 autocast, the graph keeps
         autocast's casts and freezing casts the weights once, not at every pass
         (AVX512-BF16 EPYC, two passes on 2 cores: 53 ms per tile against 88 ms eager;
-        batch norms folded into bf16 weights leave it as close to float32 as eager bf16). Where tracing fails, or ``graph`` is off (the default on GPUs),
-        the eager model runs.
+        batch norms folded into bf16 weights leave it as close to float32 as eager
+        bf16). Where tracing fails, or ``graph`` is off (the default on GPUs), the
+        eager model runs.
         """
         if not self.graph:
             return self.model(x)

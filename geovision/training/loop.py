@@ -231,7 +231,8 @@ def fit(
                                              num_workers=num_workers, collate_fn=collate)
         model.train()
         losses = []
-        bar = progress_bar(iterable=loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False, dynamic_ncols=True)
+        bar = progress_bar(iterable=loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False,
+                           dynamic_ncols=True)
         for x, y in bar:
             factor = _lr_factor(state["step"], total_steps, warmup)
             for group in optimizer.param_groups:

@@ -43,10 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geovision.errors import ConfigError
-from geovision.progress import import_tqdm_auto_quietly
-
-import_tqdm_auto_quietly()  # before smp, which imports tqdm.auto (see geovision.progress)
-from segmentation_models_pytorch.losses import DiceLoss as SmpDiceLoss
+from geovision.models.registry import import_smp
 
 __all__ = [
     "LOSSES",
@@ -135,7 +132,7 @@ class FocalLoss(_PixelLoss):
         return _weighted_mean(per_pixel, target, valid, self.weight)
 
 
-class DiceLoss(SmpDiceLoss):
+class DiceLoss(import_smp().losses.DiceLoss):
     """smp's multiclass soft Dice loss, averaged over the classes present in the batch.
 
     ``1 - 2 sum(p t) / (sum p + sum t)`` per class over the batch's counted pixels

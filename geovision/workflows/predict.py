@@ -123,7 +123,7 @@ class RasterRun:
     merge_seconds: float = 0.0
     #: counts the tiles as they are read (local runs with a drift reference)
     drift_monitor: Any = None
-    #: the drift check's result for the summary
+    #: the drift check's result for the summary (cluster runs: checked up front)
     drift: dict[str, Any] | None = None
 
 
@@ -408,8 +408,9 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
     bands, bands_from = (opts.bands, "--bands") if opts.bands else (config.bands, "the bundle's band order")
     infos = [open_raster(path, bands, config.in_channels, bands_from=bands_from) for path in opts.rasters]
     resolutions = [_resolution_check(info, config.ground_resolution_m) for info in infos]
-    remote_run = bool(opts.scheduler)
-    drift = [_drift_check(info, config) if remote_run else None for info in infos]
+    remote = bool(opts.scheduler)
+    # on a cluster the pixels stay on the workers: drift is checked up front, by a decimated read
+    drift = [_drift_check(info, config) if remote else None for info in infos]
     multi = len(infos) > 1
     crs = infos[0].crs
     zones = None
@@ -435,12 +436,12 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
                     layer_paths[name] = sibling(opts.out, f".{name}{Path(opts.out).suffix}")
                     layer_tmps[name] = outputs.add(layer_paths[name])
         runs: list[RasterRun] = []
-        for info in infos:
+        for info, checked in zip(infos, drift):
             stem = f".{Path(info.path).stem}" if multi else ""
             cpath = None if detection else sibling(opts.out, f"{stem}.classes.tif")
             ppath = sibling(opts.out, f"{stem}.probabilities.tif") if opts.probabilities else None
-            runs.append(RasterRun(info, cpath, ppath))
-            if config.drift_reference and not remote_run:
+            runs.append(RasterRun(info, cpath, ppath, drift=checked))
+            if config.drift_reference and not remote:
                 from geovision.io.drift import DriftMonitor
 
                 runs[-1].drift_monitor = DriftMonitor(config.drift_reference, config.band_names)
@@ -463,7 +464,6 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
             client = _client(opts)
             stack = contextlib.ExitStack()
             try:
-                remote = bool(opts.scheduler)
                 pool = None
                 if not remote:
                     from geovision.models.inference import InferencePool, plan_inference
@@ -519,8 +519,8 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
         elapsed = time.perf_counter() - t0
         summary = _summary(opts, config, runs, resolutions, sinks.main, elapsed)
         summary["inference"] = inference
-        for entry, d, run in zip(summary["inputs"], drift, runs):
-            entry["drift"] = d if remote_run else run.drift
+        for entry, run in zip(summary["inputs"], runs):
+            entry["drift"] = run.drift
         if zones is not None:
             summary["zones"] = zones.summary()
             summary["outputs"]["zones"] = str(layer_paths["zones"])
