@@ -17,7 +17,11 @@ from geovision.models.inference import (
     plan_inference,
 )
 from geovision.models.registry import build_model
-from geovision.models.segmentation import SegmentationPredictor
+from geovision.models.segmentation import (
+    SegmentationPredictor,
+    clear_graph_cache,
+    weights_digest,
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +116,14 @@ def test_pool_outside_its_context_is_refused(unet: SegmentationPredictor) -> Non
 # --- the frozen graph --------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _no_graphs_from_earlier_tests():
+    """Each test traces its own graphs: none kept for the process by an earlier one."""
+    clear_graph_cache()
+    yield
+    clear_graph_cache()
+
+
 @pytest.mark.parametrize("arch, encoder", [("unet", "resnet18"), ("fpn", "resnet18"), ("deeplabv3plus", "resnet18"),
                                            ("shallow", "none")])
 def test_graph_equals_eager(arch: str, encoder: str) -> None:
@@ -176,6 +188,35 @@ def test_graph_from_several_threads_at_once(unet: SegmentationPredictor) -> None
     for out in outs:
         np.testing.assert_allclose(out, reference, atol=1e-4)
     assert list(predictor._graphs) == [(1, 3, 64, 64)]
+
+
+def test_second_predictor_of_the_same_weights_reuses_the_graph(unet: SegmentationPredictor) -> None:
+    """A process traces a model once: another predictor of the same weights, precision and device
+    (a second ``geovision.predict`` call) takes the first one's frozen graph; other weights or
+    another precision trace their own."""
+    config, state = unet.config, unet.model.state_dict()
+    tiles = random_tiles((1, 3, 64, 64), seed=3)
+    first = SegmentationPredictor(config, state, device="cpu", precision="fp32")
+    first.predict(tiles)  # traces
+    [graph] = first._graphs.values()
+    second = SegmentationPredictor(config, {k: v.clone() for k, v in state.items()}, device="cpu", precision="fp32")
+    out = second.predict(tiles)
+    assert second._graphs[(1, 3, 64, 64)] is graph
+    np.testing.assert_array_equal(out, first.predict(tiles))  # the frozen graph's output, bit for bit
+
+    other_state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
+    assert weights_digest(other_state) != weights_digest(state)
+    other = SegmentationPredictor(config, other_state, device="cpu", precision="fp32")
+    other.predict(tiles)
+    assert other._graphs[(1, 3, 64, 64)] is not graph
+    bf16 = SegmentationPredictor(config, state, device="cpu", precision="bf16")
+    bf16.predict(tiles)
+    assert bf16._graphs[(1, 3, 64, 64)] is not graph
+
+    clear_graph_cache()
+    third = SegmentationPredictor(config, state, device="cpu", precision="fp32")
+    third.predict(tiles)
+    assert third._graphs[(1, 3, 64, 64)] is not graph
 
 
 def test_read_batches_split_into_passes_in_grid_order() -> None:
