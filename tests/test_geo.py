@@ -7,6 +7,7 @@ import pyproj
 import pytest
 import rasterio.crs
 import shapely
+import shapely.affinity
 from affine import Affine
 
 from geovision.errors import NoCRSError
@@ -87,6 +88,44 @@ def test_geodesic_ignores_ring_orientation_and_sums_multipolygons() -> None:
     assert area[0] == pytest.approx(area[1])
     assert area[2] == pytest.approx(2 * area[0], rel=1e-3)
     assert perimeter[2] == pytest.approx(2 * perimeter[0], rel=1e-3)
+
+
+def _geod_polygon(geom: shapely.Geometry) -> tuple[float, float]:
+    """pyproj's own geodesic area and perimeter of a lon/lat (Multi)Polygon, one ring at a time."""
+    geod = pyproj.Geod(ellps="WGS84")
+    area = perimeter = 0.0
+    for part in shapely.get_parts(geom):
+        for k, ring in enumerate(shapely.get_rings(part)):
+            xy = shapely.get_coordinates(ring)
+            a, p = geod.polygon_area_perimeter(xy[:, 0], xy[:, 1])
+            area += abs(a) if k == 0 else -abs(a)
+            perimeter += p
+    return area, perimeter
+
+
+@pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:3857"])
+@pytest.mark.parametrize("size_m", [0.3, 50.0, 5_000.0, 50_000.0])
+def test_geodesic_measure_is_pyprojs_polygon_measure(crs: str, size_m: float) -> None:
+    """Measured all at once (equal-area plane for areas, geodesic edges for perimeters), shapes with
+    holes, several parts and either orientation, at latitudes from the equator to 70°, come out as
+    pyproj measures each ring on the ellipsoid."""
+    rng = np.random.default_rng(int(size_m * 10))
+    shapes = []
+    for lon, lat in [(0.0, 0.0), (32.58, 0.31), (2.35, 48.85), (-84.39, 33.75), (25.0, 70.0), (151.2, -33.9)]:
+        deg = size_m / 111_000
+        outer = shapely.box(lon, lat, lon + deg * rng.uniform(1, 3), lat + deg * rng.uniform(1, 3))
+        hole = shapely.box(lon + deg * 0.2, lat + deg * 0.2, lon + deg * 0.6, lat + deg * 0.5)
+        shapes.append(outer.difference(hole))
+        shapes.append(shapely.Polygon(list(outer.exterior.coords)[::-1]))  # clockwise
+        far = shapely.affinity.translate(outer, deg * 5, 0)
+        shapes.append(shapely.MultiPolygon([outer.difference(hole), far]))
+    expected = np.array([_geod_polygon(g) for g in shapes])
+    if crs == "EPSG:3857":
+        shapes = [reproject(g, "EPSG:4326", crs) for g in shapes]
+    area, perimeter = measure(shapes, crs)
+    rtol = 1e-6 if size_m <= 5_000 else 1e-4  # edges up to 150 km: chords in the plane, not geodesics
+    np.testing.assert_allclose(area, expected[:, 0], rtol=rtol)
+    np.testing.assert_allclose(perimeter, expected[:, 1], rtol=1e-7)
 
 
 @pytest.mark.parametrize("crs", ["EPSG:32631", "EPSG:4326"])
