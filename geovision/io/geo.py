@@ -15,10 +15,11 @@ Two methods, chosen from the CRS by :func:`area_method`:
   the ellipsoid, perimeters as geodesic edge lengths (:class:`pyproj.Geod`,
   Karney's algorithm).
 
-Geodesic edges join the transformed vertices, so a polygon with very long
-straight edges in the projection is measured slightly differently from its
-planar shape; for pixel-sized edges the difference is negligible. Geometries
-crossing the antimeridian are not handled.
+In the geodesic method the transformed vertices are joined by geodesics (for
+perimeters) or by straight lines in the equal-area plane (for areas), so a
+polygon with very long straight edges in the projection is measured slightly
+differently from its planar shape; for pixel-sized edges the difference is
+negligible. Geometries crossing the antimeridian are not handled.
 """
 
 from __future__ import annotations
@@ -194,7 +195,6 @@ def _measure_geodesic(geoms: np.ndarray, crs: pyproj.CRS) -> tuple[np.ndarray, n
 
 #: edges up to this long (m) are measured with the ellipsoid's metric at their middle
 _SHORT_EDGE_M = 1_000.0
-_WGS84_A, _WGS84_E2 = 6_378_137.0, (1 / 298.257223563) * (2 - 1 / 298.257223563)
 
 
 def _edge_lengths(lon1: np.ndarray, lat1: np.ndarray, lon2: np.ndarray, lat2: np.ndarray) -> np.ndarray:
@@ -205,9 +205,10 @@ def _edge_lengths(lon1: np.ndarray, lat1: np.ndarray, lon2: np.ndarray, lat2: np
     pyproj's 0.75 µs an edge), longer ones :meth:`pyproj.Geod.inv`.
     """
     phi = np.radians((lat1 + lat2) / 2)
-    w = np.sqrt(1 - _WGS84_E2 * np.sin(phi) ** 2)
-    north = _WGS84_A * (1 - _WGS84_E2) / w**3 * np.radians(lat2 - lat1)
-    east = _WGS84_A / w * np.cos(phi) * np.radians((lon2 - lon1 + 180) % 360 - 180)
+    a, e2 = _GEOD.a, _GEOD.es  # WGS84 semi-major axis (m) and squared eccentricity
+    w = np.sqrt(1 - e2 * np.sin(phi) ** 2)
+    north = a * (1 - e2) / w**3 * np.radians(lat2 - lat1)
+    east = a / w * np.cos(phi) * np.radians((lon2 - lon1 + 180) % 360 - 180)
     length = np.hypot(north, east)
     far = np.flatnonzero(length > _SHORT_EDGE_M)
     if len(far):
