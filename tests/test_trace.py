@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import rasterio.features
 import shapely
 import shapely.geometry
@@ -12,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from geovision.stitching import trace
 from geovision.stitching.trace import merge_outlines, outline_polygons
 
 
@@ -80,33 +78,29 @@ def test_holes_nested_components_and_empty_labels() -> None:
     assert outline_polygons(np.zeros((4, 4), int), 0).shape == (0,)
 
 
-@settings(max_examples=100, deadline=None)
-@given(grid=labelled_grids(max_side=40))
-def test_table_and_sorted_successors_agree(grid: tuple[np.ndarray, int]) -> None:
-    """Linking segments by the dense corner table (blocks) and by sorting (wide spans) gives the same rings."""
+@settings(max_examples=150, deadline=None)
+@given(grid=labelled_grids(max_side=40), cuts=st.tuples(st.lists(st.floats(0.05, 0.95), max_size=3),
+                                                      st.lists(st.floats(0.05, 0.95), max_size=3)))
+def test_pieces_cut_by_seams_merge_into_the_whole_outlines(grid: tuple[np.ndarray, int],
+                                                          cuts: tuple[list[float], list[float]]) -> None:
+    """Components cut into blocks by seam rows and columns, traced per block and merged, are the whole outlines."""
     labels, n = grid
     rows, cols = labels.shape
-    by_table = outline_polygons(labels, n, row_off=5, col_off=2)
-    # pieces cut at a seam row and column, joined again: merge_outlines links segments the same way
-    r, c = rows // 2, cols // 2
+    seam_rows = sorted({int(f * rows) for f in cuts[0]} - {0})
+    seam_cols = sorted({int(f * cols) for f in cuts[1]} - {0})
     pieces, group = [], []
-    for sub, (r0, c0) in ((labels[:r, :c], (0, 0)), (labels[:r, c:], (0, c)), (labels[r:, :c], (r, 0)),
-                          (labels[r:, c:], (r, c))):
-        got = outline_polygons(sub, n, row_off=r0, col_off=c0)
-        for label in np.flatnonzero(got != None):  # an object array: elementwise
-            pieces.append(got[label])
-            group.append(label)
+    for r0, r1 in zip([0, *seam_rows], [*seam_rows, rows], strict=True):
+        for c0, c1 in zip([0, *seam_cols], [*seam_cols, cols], strict=True):
+            block = labels[r0:r1, c0:c1]
+            parts, k = components(block)  # a component may fall apart within a block
+            pieces += list(outline_polygons(parts, k, row_off=r0 + 5, col_off=c0 + 2))
+            group += [block[parts == j + 1][0] - 1 for j in range(k)]
+    whole = outline_polygons(labels, n, row_off=5, col_off=2)
+    if not pieces:
+        assert (whole == None).all()  # noqa: E711
+        return
     present = np.unique(np.asarray(group, dtype=np.int64))
-    group = np.searchsorted(present, group)
-    parts = np.array(pieces, dtype=object)
-    merged_table = merge_outlines(parts, group, {r}, {c}) if pieces else np.zeros(0, dtype=object)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trace, "_DENSE_SLOTS", 0)
-        by_sorting = outline_polygons(labels, n, row_off=5, col_off=2)
-        merged_sorting = merge_outlines(parts, group, {r}, {c}) if pieces else np.zeros(0, dtype=object)
-    assert all(shapely.equals_exact(a, b, tolerance=0) if a is not None else b is None
-               for a, b in zip(by_table, by_sorting, strict=True))
-    assert shapely.equals_exact(merged_table, merged_sorting, tolerance=0).all()
-    # and the joined pieces are the whole components
-    whole = outline_polygons(labels, n)
-    assert shapely.equals(shapely.normalize(merged_table), shapely.normalize(whole[present])).all()
+    merged = merge_outlines(np.array(pieces, dtype=object), np.searchsorted(present, group),
+                            {r + 5 for r in seam_rows}, {c + 2 for c in seam_cols})
+    assert shapely.is_valid(merged).all()
+    assert shapely.equals_exact(shapely.normalize(merged), shapely.normalize(whole[present]), tolerance=0).all()

@@ -483,21 +483,6 @@ def test_polygons_equal_gdal_tracing(seed: int, density: float, block: int) -> N
     assert shapely.equals_exact(a, b, tolerance=1e-6).all()
 
 
-def test_rectangles_are_found_exactly() -> None:
-    from geovision.stitching.vectorize import _rectangles
-
-    rng = np.random.default_rng(3)
-    for _ in range(20):
-        labels, n = ndimage.label(rng.random((30, 30)) < 0.45)
-        counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        rect, (r0, c0, r1, c1) = _rectangles(labels, n, counts)
-        for i, box in enumerate(ndimage.find_objects(labels)):
-            fills = (labels[box] == i + 1).all()
-            assert rect[i] == fills
-            if fills:
-                assert (r0[i], c0[i], r1[i] + 1, c1[i] + 1) == (box[0].start, box[1].start, box[0].stop, box[1].stop)
-
-
 def test_merged_outlines_drop_the_seams() -> None:
     """Pieces cut by seams at row 4 and column 3 join exactly, holes and diagonal touches included."""
     from geovision.stitching.trace import merge_outlines, outline_polygons

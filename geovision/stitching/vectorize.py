@@ -5,10 +5,9 @@ a :class:`PolygonCollector`, which turns it into polygons at once, so memory
 does not grow with the raster's area:
 
 1. Per class, 4-connected components (:func:`scipy.ndimage.label`), traced to
-   polygons **in pixel coordinates of the whole raster**: components that fill
-   their bounding box as rectangles, the rest by
-   :func:`geovision.stitching.trace.outline_polygons` (the polygons GDAL's
-   polygonize gives). Pixel corners are integers there, so pieces of one object
+   polygons **in pixel coordinates of the whole raster** by
+   :func:`geovision.stitching.trace.outline_polygons` (compiled; the polygons
+   GDAL's polygonize gives). Pixel corners are integers there, so pieces of one object
    cut by a seam share exactly the same edge coordinates.
 2. A component touching a block side that is not the raster's edge may continue
    in a neighbouring block: it is kept as a *pending* piece. Every other
@@ -53,7 +52,7 @@ from scipy import ndimage
 
 from geovision.errors import ConfigError, warn
 from geovision.io.geo import as_pyproj_crs, ground_pixel_size_m, measure
-from geovision.stitching.trace import merge_outlines, nonzero_2d, outline_polygons
+from geovision.stitching.trace import merge_outlines, outline_polygons
 from geovision.types import Window
 
 __all__ = ["COLUMNS", "PolygonCollector"]
@@ -222,7 +221,7 @@ class PolygonCollector:
             own_prob = probabilities.reshape(len(probabilities), -1)[classes.ravel()[inside], inside]
             counts = np.bincount(label_at, minlength=n_labels + 1)[1:]
             prob_sums = np.bincount(label_at, weights=own_prob, minlength=n_labels + 1)[1:]
-            geoms = self._trace(labels, window, n_labels, counts)
+            geoms = outline_polygons(labels, n_labels, row_off=window.row_off, col_off=window.col_off)
 
             # Inner sides each component touches; those touching any are pending.
             sides_touched = np.zeros(n_labels + 1, dtype=np.int64)
@@ -341,29 +340,6 @@ class PolygonCollector:
             label_class.append(np.full(n, class_id, dtype=np.int64))
             n_total += n
         return labels, (np.concatenate(label_class) if label_class else np.zeros(0, np.int64))
-
-    def _trace(self, labels: np.ndarray, window: Window, n_labels: int, counts: np.ndarray) -> np.ndarray:
-        """``(N,)`` polygons of components ``1..N`` in whole-raster pixel coordinates (integers).
-
-        Components that fill their bounding box (most small ones: 69% of the 21 000 of an
-        untrained model's 2048 px output) are built directly as rectangles, with GDAL's
-        vertex order; the rest are traced by :func:`~geovision.stitching.trace.outline_polygons`,
-        which gives the polygons GDAL's polygonize gives, without a Python object per vertex.
-        """
-        geoms = np.empty(n_labels, dtype=object)
-        rect, (r0, c0, r1, c1) = _rectangles(labels, n_labels, counts)
-        if rect.any():
-            rows = np.stack([r0[rect], r1[rect] + 1], axis=1) + window.row_off
-            cols = np.stack([c0[rect], c1[rect] + 1], axis=1) + window.col_off
-            # GDAL's ring for a rectangle: top-left, bottom-left, bottom-right, top-right, top-left
-            ring = np.stack([cols[:, [0, 0, 1, 1, 0]], rows[:, [0, 1, 1, 0, 0]]], axis=2).astype(np.float64)
-            geoms[rect] = shapely.polygons(ring)
-        if rect.all():
-            return geoms
-        rest = np.where(np.concatenate([[False], rect])[labels], 0, labels)
-        traced = outline_polygons(rest, n_labels, row_off=window.row_off, col_off=window.col_off)
-        geoms[~rect] = traced[~rect]
-        return geoms
 
     def _inner_sides(self, window: Window, labels: np.ndarray) -> list[tuple[_SideKey, int, np.ndarray]]:
         """The block's sides that are not on the raster's edge: ``(key, start, labels along the side)``."""
@@ -542,36 +518,3 @@ class PolygonCollector:
             "source": pd.Series([self.source] * len(geoms), dtype=object),
         }
         return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=self.crs))
-
-
-def _rectangles(labels: np.ndarray, n_labels: int, counts: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """Which of components ``1..N`` fill their bounding box, and the box of those.
-
-    A component's top-left pixels (no pixel of its own above or to the left) include
-    the top-left of its bounding box; when there is exactly one, it is that corner, and
-    likewise bottom-right. With one of each, the component fills its box exactly when
-    its pixel count is the box's area. O(pixels), no sorting.
-
-    Args:
-        labels: ``(h, w)`` component labels, 0 outside.
-        n_labels: N.
-        counts: ``(N,)`` pixel count of each component.
-
-    Returns:
-        ``rect``: ``(N,)`` bool; ``(r0, c0, r1, c1)``: ``(N,)`` first and last row and
-        column of each rectangle in the block (meaningless where ``rect`` is false).
-    """
-    padded = np.pad(labels, 1)
-    inner = padded[1:-1, 1:-1]
-    top_left = (inner > 0) & (padded[:-2, 1:-1] != inner) & (padded[1:-1, :-2] != inner)
-    bottom_right = (inner > 0) & (padded[2:, 1:-1] != inner) & (padded[1:-1, 2:] != inner)
-    tl_rows, tl_cols = nonzero_2d(top_left)
-    br_rows, br_cols = nonzero_2d(bottom_right)
-    tl_label, br_label = inner[tl_rows, tl_cols] - 1, inner[br_rows, br_cols] - 1
-    n_tl = np.bincount(tl_label, minlength=n_labels)
-    n_br = np.bincount(br_label, minlength=n_labels)
-    r0, c0, r1, c1 = (np.zeros(n_labels, np.int64) for _ in range(4))
-    r0[tl_label], c0[tl_label] = tl_rows, tl_cols
-    r1[br_label], c1[br_label] = br_rows, br_cols
-    rect = (n_tl == 1) & (n_br == 1) & ((r1 - r0 + 1) * (c1 - c0 + 1) == counts)
-    return rect, (r0, c0, r1, c1)
