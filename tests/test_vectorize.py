@@ -506,10 +506,36 @@ def test_merged_outlines_drop_the_seams() -> None:
     assert len(merged[0].interiors) == 1 and merged[0].area == 30 - 4
 
 
-def test_argmax_planes_matches_numpy_with_ties() -> None:
-    from geovision.stitching.accumulate import _argmax_planes
+def test_block_accumulator_blends_like_numpy() -> None:
+    """Blocks from the compiled blend equal a whole-raster numpy blend: weights, invalid pixels, ties (first wins)."""
+    from geovision.stitching.accumulate import CLASS_NODATA, BlockAccumulator
+    from geovision.tiling.blend import taper_weights
+    from geovision.tiling.grid import BlockGrid, TileGrid
 
     rng = np.random.default_rng(0)
-    planes = rng.integers(0, 3, (4, 50, 60)).astype(np.float32)  # many ties: the first maximum wins
-    np.testing.assert_array_equal(_argmax_planes(planes), np.argmax(planes, axis=0))
-    assert _argmax_planes(planes[:1]).max() == 0
+    height, width, tile, overlap, n_classes = 150, 170, 64, 16, 3
+    grid = TileGrid(height, width, tile, overlap)
+    outputs = [rng.integers(0, 4, (n_classes, tile, tile)).astype(np.float32) / 4 for _ in grid.tiles]  # ties
+    valid = [rng.random((tile, tile)) > 0.1 for _ in grid.tiles]
+    valid[0][:] = False  # a tile with no valid pixel at all
+    # float32 as the accumulator: blended near-ties then fall the same way
+    sums, weights = np.zeros((n_classes, height, width), np.float32), np.zeros((height, width), np.float32)
+    for t, out, ok in zip(grid.tiles, outputs, valid, strict=True):
+        w = np.where(ok, taper_weights(tile, tile, overlap), np.float32(0))[:t.window.height, :t.window.width]
+        sums[(slice(None), *t.window.slices)] += out[:, :t.window.height, :t.window.width] * w
+        weights[t.window.slices] += w
+    expected_valid = weights > 0
+    expected_probs = np.divide(sums, weights, out=np.zeros_like(sums), where=expected_valid)
+    expected = np.where(expected_valid, np.argmax(expected_probs, axis=0), CLASS_NODATA)
+
+    accumulator = BlockAccumulator(BlockGrid(height, width, 48), grid.tiles, n_classes, ramp=overlap)
+    classes, probs = np.full((height, width), 7, np.uint8), np.full((n_classes, height, width), -1.0)
+    for t, out, ok in zip(grid.tiles, outputs, valid, strict=True):
+        for block in accumulator.add(t, out, ok):
+            classes[block.window.slices] = block.classes
+            probs[(slice(None), *block.window.slices)] = block.probabilities
+            assert (block.valid == expected_valid[block.window.slices]).all()
+    accumulator.check_complete()
+    np.testing.assert_allclose(probs, expected_probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(classes, expected)
+    assert (classes == CLASS_NODATA).any() and (classes == 0).any() and (classes == 2).any()

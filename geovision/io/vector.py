@@ -2,7 +2,9 @@
 
 Features are appended batch by batch to a scratch GeoPackage (so they do not
 pile up in memory), through GDAL's Arrow interface: one WKB column and plain
-attribute columns. A layer that has its file to itself is written as one Arrow
+attribute columns. The stitchers hand them over as GeoDataFrames or, on the hot
+path, as :class:`FeatureBatch` (Arrow columns with WKB geometries, built without a
+GEOS geometry or a pandas frame per feature). A layer that has its file to itself is written as one Arrow
 stream by a writer thread, so GDAL keeps the file open for the whole run and
 builds the spatial index once at the end: 87 000 polygons in 0.21 s, against
 0.39 s in five separate appends (whose index triggers fire row by row) and 0.40 s
@@ -17,6 +19,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
@@ -24,26 +27,86 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyogrio
+import pyproj
 import shapely
 
 from geovision.io.geo import as_pyproj_crs
 from geovision.io.outputs import vector_driver
 
-#: GDAL geometry type names of shapely's type ids
-_GEOMETRY_TYPES = {0: "Point", 1: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
-                   6: "MultiPolygon"}
+#: GDAL geometry type names of WKB type codes
+_WKB_TYPES = {1: "Point", 2: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString", 6: "MultiPolygon"}
 
 #: features held before a batch is written to the scratch GeoPackage
 FLUSH_AT = 20_000
 
 
+@dataclass(frozen=True, slots=True)
+class FeatureBatch:
+    """Features as one Arrow record batch: attribute columns, then ``geometry`` as WKB.
+
+    Args:
+        table: the columns; the last is ``geometry`` (binary WKB).
+        crs: the CRS of the geometries.
+    """
+
+    table: pa.RecordBatch
+    crs: pyproj.CRS | None
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @classmethod
+    def from_arrays(cls, columns: dict[str, np.ndarray | pa.Array], wkb: pa.Array, crs) -> FeatureBatch:
+        """Attribute columns (numpy or Arrow; text as Arrow strings) and a WKB array."""
+        arrays = {name: values if isinstance(values, pa.Array) else _arrow_column(pd.Series(values, copy=False))
+                  for name, values in columns.items()}
+        arrays["geometry"] = wkb
+        return cls(pa.RecordBatch.from_pydict(arrays), as_pyproj_crs(crs) if crs is not None else None)
+
+    @classmethod
+    def from_frame(cls, frame: gpd.GeoDataFrame) -> FeatureBatch:
+        geoms = np.asarray(frame.geometry.array, dtype=object)
+        columns = {name: _arrow_column(frame[name]) for name in frame.columns if name != frame.geometry.name}
+        return cls.from_arrays(columns, pa.array(shapely.to_wkb(geoms), type=pa.binary()), frame.crs)
+
+    def column(self, name: str) -> np.ndarray:
+        """A column as numpy (text as an object array)."""
+        return self.table.column(name).to_numpy(zero_copy_only=False)
+
+    def filter(self, mask: np.ndarray) -> FeatureBatch:
+        """The rows where ``mask`` is true."""
+        return FeatureBatch(self.table.filter(pa.array(np.asarray(mask, dtype=bool))), self.crs)
+
+    def with_column(self, name: str, values: np.ndarray) -> FeatureBatch:
+        """A column added before ``geometry``."""
+        at = self.table.num_columns - 1
+        return FeatureBatch(self.table.add_column(at, name, pa.array(values)), self.crs)
+
+    def geometry_types(self) -> set[str]:
+        """GDAL names of the geometry types present (``{"Polygon"}``), read from the WKB headers."""
+        wkb = self.table.column("geometry")
+        offsets = np.frombuffer(wkb.buffers()[1], np.int32)[wkb.offset:wkb.offset + len(wkb)]
+        data = np.frombuffer(wkb.buffers()[2], np.uint8)
+        little = data[offsets] == 1
+        header = data[offsets[:, None] + np.arange(1, 5)].astype(np.int64)
+        le = header[:, 0] | header[:, 1] << 8 | header[:, 2] << 16 | header[:, 3] << 24
+        be = header[:, 3] | header[:, 2] << 8 | header[:, 1] << 16 | header[:, 0] << 24
+        codes = np.unique(np.where(little, le, be) % 1000).tolist()  # ISO Z/M types add 1000s
+        return {_WKB_TYPES.get(code, "Unknown") for code in codes}
+
+    def to_frame(self) -> gpd.GeoDataFrame:
+        frame = self.table.drop_columns(["geometry"]).to_pandas()
+        return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(shapely.from_wkb(self.column("geometry")),
+                                                               crs=self.crs))
+
+
 class LayerSink:
-    """Append GeoDataFrames to one layer of a scratch GeoPackage.
+    """Append GeoDataFrames or :class:`FeatureBatch` es to one layer of a scratch GeoPackage.
 
     Args:
         path: scratch ``.gpkg`` path.
         layer: layer name.
-        crs: CRS of the layer; frames in another CRS are reprojected to it.
+        crs: CRS of the layer; features in another CRS are reprojected to it.
         empty: an empty frame with the layer's columns, written when nothing else was.
         geometry_type: the layer's geometry type (``"Polygon"``, ``"Point"``).
         stream: write every batch into one open Arrow stream on a writer thread (see
@@ -63,26 +126,33 @@ class LayerSink:
         self.crs = as_pyproj_crs(crs) if crs is not None else None
         self._empty = empty
         self._started = False
-        self._buffer: list[gpd.GeoDataFrame] = []
+        self._buffer: list[FeatureBatch] = []
         self._buffered = 0
         self.count = 0
         #: class_name -> [feature count, summed area_m2], for the run summary
         self.tally: dict[str, list[float]] = {}
 
-    def append(self, frame: gpd.GeoDataFrame) -> None:
-        """Queue ``frame`` for writing; written in batches of about ``FLUSH_AT`` features."""
-        if frame.empty:
+    def append(self, features: gpd.GeoDataFrame | FeatureBatch) -> None:
+        """Queue ``features`` for writing; written in batches of about ``FLUSH_AT`` features."""
+        if len(features) == 0:
             return
-        if frame.crs is not None and self.crs is not None and not frame.crs.equals(self.crs):
-            frame = frame.to_crs(self.crs)
-        self._buffer.append(frame)
-        self._buffered += len(frame)
-        self.count += len(frame)
-        if "class_name" in frame and "area_m2" in frame:
-            codes, names = pd.factorize(frame["class_name"])
-            counts = np.bincount(codes, minlength=len(names))
-            areas = np.bincount(codes, weights=frame["area_m2"].to_numpy(np.float64), minlength=len(names))
-            for name, count, area in zip(names, counts.tolist(), areas.tolist()):
+        if isinstance(features, FeatureBatch):
+            if features.crs is not None and self.crs is not None and not features.crs.equals(self.crs):
+                features = FeatureBatch.from_frame(features.to_frame().to_crs(self.crs))
+            batch = features
+        else:
+            if features.crs is not None and self.crs is not None and not features.crs.equals(self.crs):
+                features = features.to_crs(self.crs)
+            batch = FeatureBatch.from_frame(features)
+        self._buffer.append(batch)
+        self._buffered += len(batch)
+        self.count += len(batch)
+        names = batch.table.schema.names
+        if "class_name" in names and "area_m2" in names:
+            codes, classes = pd.factorize(batch.column("class_name"))
+            counts = np.bincount(codes, minlength=len(classes))
+            areas = np.bincount(codes, weights=batch.column("area_m2").astype(np.float64), minlength=len(classes))
+            for name, count, area in zip(classes, counts.tolist(), areas.tolist()):
                 t = self.tally.setdefault(str(name), [0, 0.0])
                 t[0] += count
                 t[1] += area
@@ -92,19 +162,21 @@ class LayerSink:
     def flush(self) -> None:
         if not self._buffer:
             return
-        frame = pd.concat(self._buffer, ignore_index=True) if len(self._buffer) > 1 else self._buffer[0]
+        tables = [b.table for b in self._buffer]
+        kinds = set().union(*(b.geometry_types() for b in self._buffer)) if not self._started else set()
         self._buffer, self._buffered = [], 0
-        geoms = np.asarray(frame.geometry.array, dtype=object)
-        columns = {name: _arrow_column(frame[name]) for name in frame.columns if name != frame.geometry.name}
-        columns["geometry"] = pa.array(shapely.to_wkb(geoms), type=pa.binary())
-        batch = pa.RecordBatch.from_pydict(columns)
+        if len(tables) == 1:
+            batch = tables[0]
+        else:
+            combined = pa.Table.from_batches(tables) if all(t.schema == tables[0].schema for t in tables) else \
+                pa.concat_tables([pa.Table.from_batches([t]) for t in tables], promote_options="permissive")
+            batch = combined.combine_chunks().to_batches()[0]
         if self._writer is not None:
             self._writer.put(batch)
             return
-        kinds = set(shapely.get_type_id(geoms).tolist())
         options = {
             "path": self.path, "layer": self.layer, "driver": "GPKG", "geometry_name": "geometry",
-            "geometry_type": _GEOMETRY_TYPES.get(kinds.pop(), "Unknown") if len(kinds) == 1 else "Unknown",
+            "geometry_type": kinds.pop() if len(kinds) == 1 else "Unknown",
             "crs": as_pyproj_crs(self.crs).to_wkt() if self.crs is not None else None,
         }
         if self.stream:

@@ -4,8 +4,8 @@ Used by :class:`~geovision.stitching.vectorize.PolygonCollector` for every block
 vectorises. ``rasterio.features.shapes`` traces in C but hands each polygon back as
 GeoJSON, one Python tuple per vertex, which made it the largest single cost of
 stitching a noisy class raster. Here a block is traced in one pass of compiled code
-(numba, ``nogil``: the model's threads run meanwhile) into flat coordinate arrays,
-which shapely turns into polygons in one vectorised call:
+(numba, ``nogil``: the model's threads run meanwhile) into flat coordinate arrays
+(:class:`~geovision.stitching.flat.FlatPolygons`), with no Python object per polygon:
 
 1. Every pixel side between two different labels is a boundary edge of each
    non-zero label beside it, directed with the component on its left (as GDAL
@@ -23,7 +23,7 @@ which shapely turns into polygons in one vectorised call:
    outer ring runs one way and its holes the other, so each polygon is its outer
    ring plus its holes.
 
-:func:`merge_outlines` joins pieces of objects cut by block seams the same way: the
+:func:`merge_rings` joins pieces of objects cut by block seams the same way: the
 pixel steps two pieces share along a seam cancel, and what is left is linked into
 rings by steps 3 and 4.
 
@@ -41,74 +41,90 @@ from collections.abc import Collection
 
 import numba
 import numpy as np
-import shapely
 
-__all__ = ["merge_outlines", "outline_polygons"]
+from geovision.stitching.flat import FlatPolygons
+
+__all__ = ["merge_outlines", "merge_rings", "outline_polygons", "outline_rings"]
 
 # segment directions, in the order of left turns (pixel rows grow downwards)
 _SOUTH, _EAST, _NORTH, _WEST = 0, 1, 2, 3
 
 
-def outline_polygons(labels: np.ndarray, n_labels: int, *, row_off: int = 0, col_off: int = 0) -> np.ndarray:
-    """``(N,)`` polygons of the 4-connected components ``1..N`` of ``labels``.
+def outline_rings(labels: np.ndarray, n_labels: int, *, row_off: int = 0,
+                  col_off: int = 0) -> tuple[FlatPolygons, np.ndarray]:
+    """Polygons of the 4-connected components ``1..N`` of ``labels``, as flat arrays.
 
     Args:
         labels: ``(h, w)`` integer labels, 0 outside components; each label one
             4-connected component (as :func:`scipy.ndimage.label` numbers them).
-        n_labels: N; a label in ``1..N`` with no pixels gets ``None``.
+        n_labels: N.
         row_off: added to every row coordinate (the block's place in the raster).
         col_off: added to every column coordinate.
 
     Returns:
-        ``(N,)`` object array: the Polygon of label ``i + 1`` at ``i``, in pixel
-        coordinates ``(col, row)`` of pixel corners.
+        ``(polygons, label)``: the polygons, in int64 pixel-corner coordinates
+        ``(col, row)``, by increasing label, and ``(P,)`` the label of each (labels
+        with no pixels have none).
     """
-    geoms = np.full(n_labels, None, dtype=object)
     labels = np.ascontiguousarray(labels, dtype=np.int32)
     if n_labels == 0 or labels.size == 0:
-        return geoms
+        return FlatPolygons.empty(np.int64), np.zeros(0, np.int64)
     coords, ring_offsets, polygon_offsets, polygon_label = _trace(labels, n_labels, row_off, col_off)
-    if len(polygon_label):
-        geoms[polygon_label - 1] = _polygons(coords, ring_offsets, polygon_offsets)
+    return FlatPolygons(coords, ring_offsets, polygon_offsets), polygon_label
+
+
+def outline_polygons(labels: np.ndarray, n_labels: int, *, row_off: int = 0, col_off: int = 0) -> np.ndarray:
+    """``(N,)`` shapely polygons of the 4-connected components ``1..N`` of ``labels`` (see :func:`outline_rings`).
+
+    Returns:
+        ``(N,)`` object array: the Polygon of label ``i + 1`` at ``i`` (``None`` for a
+        label with no pixels), in pixel coordinates ``(col, row)`` of pixel corners.
+    """
+    geoms = np.full(n_labels, None, dtype=object)
+    polygons, label = outline_rings(labels, n_labels, row_off=row_off, col_off=col_off)
+    if len(label):
+        geoms[label - 1] = polygons.to_shapely()
     return geoms
 
 
-def merge_outlines(polygons: np.ndarray, group: np.ndarray, rows: Collection[int], cols: Collection[int]) -> np.ndarray:
-    """The union of each group of ``polygons``: pixel outlines that meet along block seams.
+def merge_rings(pieces: FlatPolygons, group: np.ndarray, n_groups: int, rows: Collection[int],
+                cols: Collection[int]) -> FlatPolygons:
+    """The union of each group of pixel-outline ``pieces`` that meet along block seams.
 
-    The polygons are traced pixel outlines in whole-raster pixel coordinates, each
-    ring with its polygon's inside on the left (as :func:`outline_polygons` and
-    GDAL give them), and those of a group meet only along the given seam rows and
-    columns, without overlapping. Their edges on the seams are cut into pixel
-    steps; a step that two pieces share comes once in each direction and both
-    go; what is left is the union's outline, linked into rings as
-    :func:`outline_polygons` does. Exact, and without building an overlay as
-    GEOS's unions do.
+    The pieces are traced pixel outlines in whole-raster pixel coordinates
+    (integers), each ring with its polygon's inside on the left (as
+    :func:`outline_rings` and GDAL give them), and those of a group meet only along
+    the given seam rows and columns, without overlapping. Their edges on the seams
+    are cut into pixel steps; a step that two pieces share comes once in each
+    direction and both go; what is left is the union's outline, linked into rings
+    as :func:`outline_rings` does. Exact, and without building an overlay as GEOS's
+    unions do.
 
     Args:
-        polygons: ``(P,)`` the pieces.
+        pieces: ``P`` polygons, int64 pixel coordinates.
         group: ``(P,)`` group number of each piece, ``0..G-1``, every number used.
+        n_groups: G.
         rows: seam rows (horizontal lines between pixel rows).
         cols: seam columns.
 
     Returns:
-        ``(G,)`` one Polygon per group.
+        One polygon per group, in group order (int64 pixel coordinates).
     """
-    rings, ring_polygon = shapely.get_rings(polygons, return_index=True)
-    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
-    ring_owner = np.asarray(group, dtype=np.int64)[ring_polygon]
-    n_groups = int(ring_owner.max()) + 1
+    ring_owner = np.asarray(group, dtype=np.int64)[pieces.polygon_of_ring()]
     seam_rows = np.sort(np.fromiter(rows, np.int64, len(rows)))
     seam_cols = np.sort(np.fromiter(cols, np.int64, len(cols)))
-    merged_coords, ring_offsets, polygon_offsets, _ = _merge(
-        coords.astype(np.int64), ring_of.astype(np.int64), ring_owner, n_groups, seam_rows, seam_cols
-    )
-    return _polygons(merged_coords, ring_offsets, polygon_offsets)
+    coords, ring_offsets, polygon_offsets, _ = _merge(pieces.coords.astype(np.int64, copy=False),
+                                                      pieces.ring_of_vertex(), ring_owner, n_groups, seam_rows,
+                                                      seam_cols)
+    return FlatPolygons(coords, ring_offsets, polygon_offsets)
 
 
-def _polygons(coords: np.ndarray, ring_offsets: np.ndarray, polygon_offsets: np.ndarray) -> np.ndarray:
-    """Polygons from flat closed rings (shapely's ragged layout), in one vectorised call."""
-    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, (ring_offsets, polygon_offsets))
+def merge_outlines(polygons: np.ndarray, group: np.ndarray, rows: Collection[int], cols: Collection[int]) -> np.ndarray:
+    """:func:`merge_rings` on shapely polygons: ``(G,)`` one Polygon per group."""
+    pieces = FlatPolygons.from_shapely(polygons)
+    pieces = FlatPolygons(pieces.coords.astype(np.int64), pieces.ring_offsets, pieces.polygon_offsets)
+    group = np.asarray(group, dtype=np.int64)
+    return merge_rings(pieces, group, int(group.max()) + 1, rows, cols).to_shapely()
 
 
 # --------------------------------------------------------------------------- compiled
@@ -337,7 +353,7 @@ def _rings(x0, y0, x1, y1, direction, lab, nxt, n_labels, straight_vertices):  #
             if ring_hole[r] == hole:
                 ring_order[slot[ring_lab[r]]] = r
                 slot[ring_lab[r]] += 1
-    coords = np.empty((k + n_rings, 2), np.float64)
+    coords = np.empty((k + n_rings, 2), x0.dtype)
     ring_offsets = np.empty(n_rings + 1, np.int64)
     polygon_offsets = np.empty(n_rings + 1, np.int64)
     polygon_label = np.empty(n_rings, np.int64)

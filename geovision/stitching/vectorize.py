@@ -46,13 +46,16 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import shapely
 from affine import Affine
 from scipy import ndimage
 
 from geovision.errors import ConfigError, warn
-from geovision.io.geo import as_pyproj_crs, ground_pixel_size_m, measure
-from geovision.stitching.trace import merge_outlines, outline_polygons
+from geovision.io.geo import as_pyproj_crs, ground_pixel_size_m, measure, measure_rings
+from geovision.io.vector import FeatureBatch
+from geovision.stitching.flat import FlatPolygons
+from geovision.stitching.trace import merge_rings, outline_rings
 from geovision.types import Window
 
 __all__ = ["COLUMNS", "PolygonCollector"]
@@ -163,9 +166,9 @@ class PolygonCollector:
             x_m, y_m = ground_pixel_size_m(transform, self.crs, raster_height, raster_width)
             self._simplify_px = simplify_m / float(np.sqrt(x_m * y_m))
 
-        # Pending pieces by id (ids count up in arrival order): (class id, pixel-space polygon,
-        # summed own-class probability, pixel count).
-        self._pieces: dict[int, tuple[int, shapely.Geometry, float, int]] = {}
+        # Pending pieces by id (ids count up in arrival order): (class id, pixel-space polygon as
+        # (vertices, ring offsets into them), summed own-class probability, pixel count).
+        self._pieces: dict[int, tuple[int, tuple[np.ndarray, np.ndarray], float, int]] = {}
         self._next_id = 0
         # Union-find over pending pieces; a group is known by its root piece.
         self._parent: dict[int, int] = {}
@@ -202,6 +205,18 @@ class PolygonCollector:
             ValueError: the window leaves the raster, the arrays do not match it,
                 or a class id has no name.
         """
+        return self._add(window, classes, probabilities).frame(self)
+
+    def add_block_batch(self, window: Window, classes: np.ndarray, probabilities: np.ndarray) -> FeatureBatch:
+        """:meth:`add_block`, returning the features as a :class:`~geovision.io.vector.FeatureBatch`.
+
+        The same rows and columns, with WKB geometries encoded straight from the traced
+        vertices: no GEOS geometry or pandas frame is built (what ``predict`` streams
+        to its vector writer).
+        """
+        return self._add(window, classes, probabilities).batch(self)
+
+    def _add(self, window: Window, classes: np.ndarray, probabilities: np.ndarray) -> _Features:
         self._check_block(window, classes, probabilities)
         self._pixels_seen += window.height * window.width
 
@@ -212,7 +227,8 @@ class PolygonCollector:
         piece_of_label = np.full(n_labels + 1, -1, dtype=np.int64)
         class_of_label = np.concatenate([[-1], label_class])
         final = np.zeros(n_labels, dtype=bool)
-        geoms, prob_sums, counts = np.zeros(0, object), np.zeros(0), np.zeros(0, np.int64)
+        polygons = FlatPolygons.empty(np.int64)
+        prob_sums, counts = np.zeros(0), np.zeros(0, np.int64)
         if n_labels > 0:
             # Pixel count and summed own-class probability per component, from the pixels in
             # components only (a few percent of a block of buildings)
@@ -221,7 +237,8 @@ class PolygonCollector:
             own_prob = probabilities.reshape(len(probabilities), -1)[classes.ravel()[inside], inside]
             counts = np.bincount(label_at, minlength=n_labels + 1)[1:]
             prob_sums = np.bincount(label_at, weights=own_prob, minlength=n_labels + 1)[1:]
-            geoms = outline_polygons(labels, n_labels, row_off=window.row_off, col_off=window.col_off)
+            # every label of ndimage.label has pixels: polygon i is label i + 1
+            polygons, _ = outline_rings(labels, n_labels, row_off=window.row_off, col_off=window.col_off)
 
             # Inner sides each component touches; those touching any are pending.
             sides_touched = np.zeros(n_labels + 1, dtype=np.int64)
@@ -229,12 +246,17 @@ class PolygonCollector:
                 sides_touched[np.unique(line)] += 1
             sides_touched = sides_touched[1:]
             final = sides_touched == 0
-            for label in np.flatnonzero(~final).tolist():
+            pending = np.flatnonzero(~final).tolist()
+            ring_offsets, polygon_offsets = polygons.ring_offsets, polygons.polygon_offsets.tolist()
+            for label in pending:
                 piece = self._next_id
                 self._next_id += 1
                 piece_of_label[label + 1] = piece
+                rings = ring_offsets[polygon_offsets[label]:polygon_offsets[label + 1] + 1]
+                first, last = int(rings[0]), int(rings[-1])
                 self._pieces[piece] = (
-                    int(label_class[label]), geoms[label], float(prob_sums[label]), int(counts[label])
+                    int(label_class[label]), (polygons.coords[first:last], rings - first),
+                    float(prob_sums[label]), int(counts[label])
                 )
                 self._parent[piece] = piece
                 self._members[piece] = [piece]
@@ -248,7 +270,7 @@ class PolygonCollector:
         done = self._complete_groups(maybe_complete)
         return self._finalize(
             np.concatenate([label_class[final], done[0]]),
-            np.concatenate([geoms[final], done[1]]),
+            FlatPolygons.concat([polygons.take(final) if not final.all() else polygons, done[1]]),
             np.concatenate([prob_sums[final], done[2]]),
             np.concatenate([counts[final], done[3]]),
         )
@@ -264,6 +286,13 @@ class PolygonCollector:
         Returns:
             The remaining polygons (columns :data:`COLUMNS`), possibly empty.
         """
+        return self._finish().frame(self)
+
+    def finish_batch(self) -> FeatureBatch:
+        """:meth:`finish`, returning a :class:`~geovision.io.vector.FeatureBatch` (see :meth:`add_block_batch`)."""
+        return self._finish().batch(self)
+
+    def _finish(self) -> _Features:
         expected = self.raster_height * self.raster_width
         if self._pixels_seen != expected:
             warn(
@@ -276,9 +305,8 @@ class PolygonCollector:
 
     def empty(self) -> gpd.GeoDataFrame:
         """An empty result: the columns :data:`COLUMNS` with their dtypes, and the CRS."""
-        return self._frame(
-            np.zeros(0, np.int64), np.zeros(0, object), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, object)
-        )
+        return _Features(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0), FlatPolygons.empty(),
+                         None).frame(self)
 
     # --- block steps --------------------------------------------------------------
 
@@ -420,11 +448,11 @@ class PolygonCollector:
 
     def _complete_groups(
         self, roots: list[int], force: bool = False
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, FlatPolygons, np.ndarray, np.ndarray]:
         """Union and forget the groups among ``roots`` with no open pair left (every group with ``force``).
 
         Returns:
-            ``(class_ids, geoms_px, prob_sums, counts)`` of the groups, ready for :meth:`_finalize`.
+            ``(class_ids, polygons_px, prob_sums, counts)`` of the groups, ready for :meth:`_finalize`.
         """
         done = []
         for root in roots:
@@ -436,12 +464,11 @@ class PolygonCollector:
                 done.append([self._pieces.pop(piece) for piece in members])
         n = len(done)
         class_ids = np.empty(n, dtype=np.int64)
-        merged = np.empty(n, dtype=object)
         prob_sums = np.empty(n, dtype=np.float64)
         counts = np.empty(n, dtype=np.int64)
-        multi = np.zeros(n, dtype=bool)
-        parts: list[shapely.Geometry] = []
-        bounds = [0]
+        single, multi = [], []  # group numbers
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        part_group: list[int] = []
         for g, pieces in enumerate(done):
             class_ids[g] = pieces[0][0]
             total = 0.0
@@ -449,50 +476,63 @@ class PolygonCollector:
                 total += piece[2]
             prob_sums[g] = total
             counts[g] = sum(piece[3] for piece in pieces)
-            if len(pieces) == 1:
-                merged[g] = pieces[0][1]
-            else:
-                multi[g] = True
-                parts += [piece[1] for piece in pieces]
-                bounds.append(len(parts))
-        if parts:
+            (single if len(pieces) == 1 else multi).append(g)
+        for g in single:
+            parts.append(done[g][0][1])
+        for k, g in enumerate(multi):
+            parts += [piece[1] for piece in done[g]]
+            part_group += [k] * len(done[g])
+        alone = _flat(parts[:len(single)])
+        if multi:
             # the pieces of a group meet only along seams: their outlines are joined there
             # (3x faster than GEOS's overlay union, and exact)
-            group = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
-            merged[multi] = merge_outlines(np.array(parts, dtype=object), group, self._seam_rows, self._seam_cols)
-        return class_ids, merged, prob_sums, counts
+            joined = merge_rings(_flat(parts[len(single):]), np.array(part_group, dtype=np.int64), len(multi),
+                                 self._seam_rows, self._seam_cols)
+            polygons = FlatPolygons.concat([alone, joined]).take(np.argsort(single + multi, kind="stable"))
+        else:
+            polygons = alone
+        return class_ids, polygons, prob_sums, counts
 
     # --- final features -----------------------------------------------------------
 
     def _finalize(
-        self, class_ids: np.ndarray, geoms_px: np.ndarray, prob_sums: np.ndarray, counts: np.ndarray
-    ) -> gpd.GeoDataFrame:
+        self, class_ids: np.ndarray, polygons_px: FlatPolygons, prob_sums: np.ndarray, counts: np.ndarray
+    ) -> _Features:
         """Turn complete objects in pixel space into the output rows.
 
         Args:
             class_ids: ``(N,)`` class id per object.
-            geoms_px: ``(N,)`` polygons in whole-raster pixel coordinates.
+            polygons_px: ``N`` polygons in whole-raster pixel coordinates.
             prob_sums: ``(N,)`` summed own-class probability over each object's pixels.
             counts: ``(N,)`` pixel count per object.
         """
-        if len(geoms_px) == 0:
-            return self.empty()
-        geoms = geoms_px
+        if len(polygons_px) == 0:
+            return _Features(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0), FlatPolygons.empty(), None)
         if self._simplify_px > 0:
             # GDAL's polygons and their coverage unions are valid; only simplification can
             # break validity, so only then is it checked (the check costs as much as tracing)
-            geoms = shapely.simplify(geoms, self._simplify_px, preserve_topology=True)
+            geoms = shapely.simplify(polygons_px.to_shapely(), self._simplify_px, preserve_topology=True)
             invalid = ~shapely.is_valid(geoms)
             if invalid.any():
                 geoms[invalid] = shapely.make_valid(geoms[invalid], method="structure", keep_collapsed=False)
-        geoms = shapely.transform(geoms, self._pixel_to_map)
-        area, perimeter = measure(geoms, self.crs)
-        keep = ~shapely.is_empty(geoms)
+            geoms = shapely.transform(geoms, self._pixel_to_map)
+            area, perimeter = measure(geoms, self.crs)
+            keep = ~shapely.is_empty(geoms)
+            polygons = None
+        else:
+            polygons = polygons_px.transform(self.transform)
+            area, perimeter = measure_rings(polygons.coords, polygons.ring_offsets, polygons.polygon_offsets,
+                                            self.crs)
+            keep = np.ones(len(area), dtype=bool)
+            geoms = None
         if self.min_area_m2 is not None:
             keep &= area >= self.min_area_m2
-        names = np.array(self.class_names, dtype=object)[class_ids[keep]]
-        mean_prob = prob_sums[keep] / counts[keep]
-        return self._frame(class_ids[keep], names, area[keep], perimeter[keep], mean_prob, geoms[keep])
+        mean_prob = prob_sums / counts
+        if not keep.all():
+            class_ids, area, perimeter, mean_prob = class_ids[keep], area[keep], perimeter[keep], mean_prob[keep]
+            polygons = polygons.take(keep) if polygons is not None else None
+            geoms = geoms[keep] if geoms is not None else None
+        return _Features(class_ids, area, perimeter, mean_prob, polygons, geoms)
 
     def _pixel_to_map(self, xy: np.ndarray) -> np.ndarray:
         """``(n, 2)`` whole-raster pixel ``(col, row)`` to ``(n, 2)`` map ``(x, y)``."""
@@ -500,21 +540,56 @@ class PolygonCollector:
         col, row = xy[:, 0], xy[:, 1]
         return np.column_stack([t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f])
 
-    def _frame(
-        self,
-        class_ids: np.ndarray,
-        names: np.ndarray,
-        area: np.ndarray,
-        perimeter: np.ndarray,
-        mean_prob: np.ndarray,
-        geoms: np.ndarray,
-    ) -> gpd.GeoDataFrame:
+
+@dataclass(slots=True, eq=False)
+class _Features:
+    """Complete objects, measured, in map coordinates: rendered as a GeoDataFrame or a FeatureBatch."""
+
+    class_ids: np.ndarray
+    area: np.ndarray
+    perimeter: np.ndarray
+    mean_prob: np.ndarray
+    polygons: FlatPolygons | None
+    """Map-coordinate polygons as flat arrays; ``None`` when ``geoms`` holds them."""
+    geoms: np.ndarray | None
+    """``(N,)`` shapely geometries (after simplification, which may give MultiPolygons)."""
+
+    def frame(self, collector: PolygonCollector) -> gpd.GeoDataFrame:
+        geoms = self.geoms if self.geoms is not None else self.polygons.to_shapely()
         data = {
-            "class_id": class_ids.astype(np.int64),
-            "class_name": pd.Series(names, dtype=object),
-            "area_m2": area.astype(np.float64),
-            "perimeter_m": perimeter.astype(np.float64),
-            "mean_probability": mean_prob.astype(np.float64),
-            "source": pd.Series([self.source] * len(geoms), dtype=object),
+            "class_id": self.class_ids.astype(np.int64),
+            "class_name": pd.Series(np.array(collector.class_names, dtype=object)[self.class_ids], dtype=object),
+            "area_m2": self.area.astype(np.float64),
+            "perimeter_m": self.perimeter.astype(np.float64),
+            "mean_probability": self.mean_prob.astype(np.float64),
+            "source": pd.Series([collector.source] * len(geoms), dtype=object),
         }
-        return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=self.crs))
+        return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=collector.crs))
+
+    def batch(self, collector: PolygonCollector) -> FeatureBatch:
+        n = len(self.class_ids)
+        wkb = (self.polygons.to_wkb() if self.geoms is None
+               else pa.array(shapely.to_wkb(self.geoms), type=pa.binary()))
+        columns = {
+            "class_id": pa.array(self.class_ids.astype(np.int64)),
+            "class_name": pa.DictionaryArray.from_arrays(pa.array(self.class_ids.astype(np.int32)),
+                                                         pa.array(collector.class_names, pa.string())
+                                                         ).dictionary_decode(),
+            "area_m2": pa.array(self.area.astype(np.float64)),
+            "perimeter_m": pa.array(self.perimeter.astype(np.float64)),
+            "mean_probability": pa.array(self.mean_prob.astype(np.float64)),
+            "source": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)),
+                                                     pa.array([collector.source], pa.string())).dictionary_decode(),
+        }
+        return FeatureBatch.from_arrays(columns, wkb, collector.crs)
+
+
+def _flat(parts: list[tuple[np.ndarray, np.ndarray]]) -> FlatPolygons:
+    """Single polygons given as (vertices, ring offsets into them) to one :class:`FlatPolygons`."""
+    if not parts:
+        return FlatPolygons.empty(np.int64)
+    coords = np.concatenate([p[0] for p in parts])
+    vertex_base = np.cumsum([0] + [len(p[0]) for p in parts[:-1]])
+    ring_offsets = np.concatenate([p[1][:-1] + b for p, b in zip(parts, vertex_base, strict=True)] + [[len(coords)]])
+    polygon_offsets = np.cumsum([0] + [len(p[1]) - 1 for p in parts])
+    return FlatPolygons(coords, ring_offsets.astype(np.int64), polygon_offsets.astype(np.int64))

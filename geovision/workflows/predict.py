@@ -43,7 +43,7 @@ from geovision.io.raster import (
     probability_to_uint8,
     to_cog,
 )
-from geovision.io.vector import LayerSink, export
+from geovision.io.vector import FeatureBatch, LayerSink, export
 from geovision.stitching.accumulate import CLASS_NODATA, BlockAccumulator, FinishedBlock
 from geovision.tiling.grid import BlockGrid, TileGrid
 from geovision.tiling.reader import RasterInfo, TileData, open_raster, read_tiles
@@ -204,7 +204,7 @@ class _SegmentationConsumer:
 
     def finish(self) -> None:
         self.accumulator.check_complete()
-        self.sink.append(self.collector.finish())
+        self.sink.append(self.collector.finish_batch())
 
     def close(self) -> None:
         self.classes.close()
@@ -215,7 +215,7 @@ class _SegmentationConsumer:
         self.classes.write(block.window, block.classes)
         if self.probs is not None:
             self.probs.write(block.window, probability_to_uint8(block.probabilities, block.valid))
-        self.sink.append(self.collector.add_block(block.window, block.classes, block.probabilities))
+        self.sink.append(self.collector.add_block_batch(block.window, block.classes, block.probabilities))
 
 
 class _Stitcher(threading.Thread):
@@ -575,10 +575,12 @@ class _ReviewSink:
     def count(self) -> int:
         return self.main.count
 
-    def append(self, frame) -> None:
-        frame = flag_for_review(frame, self.band)
-        self.main.append(frame)
-        self.review.append(frame[frame["review"].to_numpy() == 1])
+    def append(self, features) -> None:
+        features = flag_for_review(features, self.band)
+        self.main.append(features)
+        flagged = (features.column("review") if isinstance(features, FeatureBatch)
+                   else features["review"].to_numpy()) == 1
+        self.review.append(features.filter(flagged) if isinstance(features, FeatureBatch) else features[flagged])
 
     def close(self) -> None:
         self.main.close()
@@ -589,8 +591,16 @@ class _ReviewSink:
         self.review.abort()
 
 
-def flag_for_review(frame, band: tuple[float, float]):
-    """``frame`` with a ``review`` column: 1 where its confidence lies in ``[low, high)``, else 0."""
+def flag_for_review(features, band: tuple[float, float]):
+    """``features`` (GeoDataFrame or FeatureBatch) with a ``review`` column before the geometry.
+
+    1 where the confidence lies in ``[low, high)``, else 0.
+    """
+    if isinstance(features, FeatureBatch):
+        names = features.table.schema.names
+        conf = features.column("score" if "score" in names else "mean_probability").astype(np.float64)
+        return features.with_column("review", ((conf >= band[0]) & (conf < band[1])).astype(np.int64))
+    frame = features
     conf_col = "score" if "score" in frame.columns else "mean_probability"
     conf = frame[conf_col].to_numpy(dtype=np.float64) if len(frame) else np.zeros(0)
     out = frame.copy()
