@@ -460,6 +460,7 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
         total_tiles = sum(len(g) for g in grids)
         progress = _progress(total_tiles, opts.progress)
 
+        cogs = _CogFinisher()
         try:
             client = _client(opts)
             stack = contextlib.ExitStack()
@@ -491,7 +492,7 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
                     run.merge_seconds = getattr(consumer, "merge_seconds", 0.0)
                     if run.drift_monitor is not None:
                         run.drift = run.drift_monitor.result(run.info.path)
-                    _finish_cogs(run, cog_tmps)
+                    cogs.submit(run, cog_tmps)  # beside the next raster's tiles, or the vector writer's end
             finally:
                 stack.close()
                 client.close()
@@ -505,7 +506,9 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
                     "Check the nodata value (gdalinfo) and the --bands chosen."
                 )
             sinks.close(zones)
+            cogs.wait()
         except BaseException:
+            cogs.abort()
             sinks.abort()  # ends the vector writer thread; the scratch files go with the outputs
             raise
         targets = [(LAYER, vector_tmp, "Polygon")]
@@ -779,6 +782,36 @@ def _in_grid_order(items: list, batch: Sequence[Tile]) -> list:
     """Stitcher items in the batch's (grid) order: the detection merger wants tiles row-major."""
     rank = {tile.index: k for k, tile in enumerate(batch)}
     return sorted(items, key=lambda item: rank[item[1].index])
+
+
+class _CogFinisher:
+    """Runs :func:`_finish_cogs` for each raster on one thread of its own.
+
+    GDAL's COG copy (overviews, deflate) of a raster then overlaps the next raster's
+    inference, or, after the last, the vector writer's end (its spatial index):
+    0.4 and 0.3 s one after the other at 4096², on one core each.
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geovision-cog")
+        self._jobs: list = []
+
+    def submit(self, run: RasterRun, cog_tmps: dict) -> None:
+        self._jobs.append(self._pool.submit(_finish_cogs, run, cog_tmps))
+
+    def wait(self) -> None:
+        """Wait for every COG; raise the first error."""
+        try:
+            for job in self._jobs:
+                job.result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        """Drop the COGs not begun and wait for the one being written (its files go with the outputs)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _finish_cogs(run: RasterRun, cog_tmps: dict) -> None:
