@@ -8,8 +8,9 @@ grid math in ``tiling.grid``): its weighted sum is divided by its weight sum,
 the arg-max gives the class, and the block leaves memory. Memory therefore
 holds only the blocks under the tiles in flight, whatever the raster size.
 
-Both steps are compiled loops (numba, ``nogil``): numpy's version of the
-weighted sum went through four temporaries per tile and block.
+Finishing a block (division, arg-max, nodata) is one compiled loop (numba,
+``nogil``) over the block, in place; the weighted sums stay numpy's, which
+vectorises them better than a compiled loop here (6 against 7-10 ns a pixel).
 """
 
 from __future__ import annotations
@@ -86,8 +87,10 @@ class BlockAccumulator:
         tile finished.
         """
         win = tile.window
-        taper = taper_weights(probabilities.shape[1], probabilities.shape[2], self.ramp)
-        probs = np.asarray(probabilities, dtype=np.float32)
+        h, w = win.height, win.width
+        weights = taper_weights(probabilities.shape[1], probabilities.shape[2], self.ramp)[:h, :w]
+        weights = np.where(valid[:h, :w], weights, np.float32(0.0))
+        probs = probabilities[:, :h, :w]
         finished = []
         for index in self.blocks.blocks_touching(win):
             bwin = self.blocks.window(index)
@@ -98,9 +101,11 @@ class BlockAccumulator:
                 block = self._open[index] = _Block(
                     self.num_classes, bwin.height, bwin.width, int(self._remaining[index])
                 )
-            dst, src = inter.relative_to(bwin), inter.relative_to(win)
-            _blend(block.sums, block.weights, probs, taper, valid, dst.row_off, dst.col_off, src.row_off,
-                   src.col_off, inter.height, inter.width)
+            dst = inter.relative_to(bwin).slices
+            src = inter.relative_to(win).slices
+            wt = weights[src]
+            block.sums[(slice(None), *dst)] += probs[(slice(None), *src)] * wt
+            block.weights[dst] += wt
             finished.extend(self._count_down(index, block))
         return finished
 
@@ -132,26 +137,6 @@ class BlockAccumulator:
         """Raise if a block never received all its tiles (a bug, not a user error)."""
         if self._open:
             raise RuntimeError(f"{len(self._open)} output blocks never finished: {sorted(self._open)[:5]}...")
-
-
-@numba.njit(cache=True, nogil=True)
-def _blend(sums, weights, probs, taper, valid, dst_row, dst_col, src_row, src_col, height, width):  # pragma: no cover
-    """Add a tile's taper-weighted probabilities to a block: ``sums += probs * w``, ``weights += w``.
-
-    ``w`` is the taper weight where the tile's pixel is valid, else 0; the window is
-    ``height x width`` pixels at ``(dst_row, dst_col)`` in the block and ``(src_row,
-    src_col)`` in the tile.
-    """
-    for i in range(height):
-        for j in range(width):
-            if valid[src_row + i, src_col + j]:
-                weights[dst_row + i, dst_col + j] += taper[src_row + i, src_col + j]
-    for c in range(sums.shape[0]):
-        for i in range(height):
-            for j in range(width):
-                if valid[src_row + i, src_col + j]:
-                    sums[c, dst_row + i, dst_col + j] += probs[c, src_row + i, src_col + j] * taper[src_row + i,
-                                                                                                     src_col + j]
 
 
 @numba.njit(cache=True, nogil=True)
