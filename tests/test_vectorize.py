@@ -539,3 +539,33 @@ def test_block_accumulator_blends_like_numpy() -> None:
     np.testing.assert_allclose(probs, expected_probs, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(classes, expected)
     assert (classes == CLASS_NODATA).any() and (classes == 0).any() and (classes == 2).any()
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 100_000), rows=st.integers(1, 40), cols=st.integers(1, 40), density=st.floats(0.1, 0.9))
+def test_components_are_scipys_for_every_class_at_once(seed: int, rows: int, cols: int, density: float) -> None:
+    """One compiled labelling of all classes: ndimage's components per class, their pixel counts and probability sums."""
+    from geovision.stitching.vectorize import _components
+
+    rng = np.random.default_rng(seed)
+    classes = np.where(rng.random((rows, cols)) < density, rng.integers(1, 4, (rows, cols)), 0).astype(np.uint8)
+    classes[rng.random((rows, cols)) < 0.05] = 255
+    probs = rng.random((4, rows, cols), dtype=np.float32)
+    wanted = np.zeros(256, bool)
+    wanted[[1, 2, 3]] = True
+    labels, label_class, counts, prob_sums, present = _components(classes, wanted, probs)
+    assert set(np.flatnonzero(present)) == set(np.unique(classes).tolist())
+    assert ((labels > 0) == np.isin(classes, [1, 2, 3])).all()
+    n = len(label_class)
+    first = [np.flatnonzero(labels.ravel() == k + 1)[0] for k in range(n)]
+    assert first == sorted(first)  # numbered by first pixel, in raster order
+    for c in (1, 2, 3):
+        theirs, k = ndimage.label(classes == c)
+        mine = np.where(classes == c, labels, 0)
+        # the same partition: each of theirs is one of mine and the other way round
+        pairs = np.unique(np.stack([theirs[theirs > 0], mine[theirs > 0]]), axis=1)
+        assert pairs.shape[1] == k == len(np.unique(pairs[1])) == int((label_class == c).sum())
+    for k in range(n):
+        at = labels == k + 1
+        assert counts[k] == at.sum() and (classes[at] == label_class[k]).all()
+        assert prob_sums[k] == pytest.approx(probs[label_class[k]][at].astype(np.float64).sum(), rel=1e-6)

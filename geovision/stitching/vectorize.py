@@ -4,7 +4,7 @@ The engine writes the class raster block by block; each finished block goes to
 a :class:`PolygonCollector`, which turns it into polygons at once, so memory
 does not grow with the raster's area:
 
-1. Per class, 4-connected components (:func:`scipy.ndimage.label`), traced to
+1. 4-connected components of every class at once (one compiled pass), traced to
    polygons **in pixel coordinates of the whole raster** by
    :func:`geovision.stitching.trace.outline_polygons` (compiled; the polygons
    GDAL's polygonize gives). Pixel corners are integers there, so pieces of one object
@@ -44,12 +44,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import geopandas as gpd
+import numba
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import shapely
 from affine import Affine
-from scipy import ndimage
 
 from geovision.errors import ConfigError, warn
 from geovision.io.geo import as_pyproj_crs, ground_pixel_size_m, measure, measure_rings
@@ -220,7 +220,7 @@ class PolygonCollector:
         self._check_block(window, classes, probabilities)
         self._pixels_seen += window.height * window.width
 
-        labels, label_class = self._label(classes)
+        labels, label_class, counts, prob_sums = self._label(classes, probabilities)
         n_labels = len(label_class)
         sides = self._inner_sides(window, labels)
         # Pending piece id of each label (index 0 = outside any component): -1 for final components.
@@ -228,16 +228,8 @@ class PolygonCollector:
         class_of_label = np.concatenate([[-1], label_class])
         final = np.zeros(n_labels, dtype=bool)
         polygons = FlatPolygons.empty(np.int64)
-        prob_sums, counts = np.zeros(0), np.zeros(0, np.int64)
         if n_labels > 0:
-            # Pixel count and summed own-class probability per component, from the pixels in
-            # components only (a few percent of a block of buildings)
-            inside = np.flatnonzero(labels)
-            label_at = labels.ravel()[inside]
-            own_prob = probabilities.reshape(len(probabilities), -1)[classes.ravel()[inside], inside]
-            counts = np.bincount(label_at, minlength=n_labels + 1)[1:]
-            prob_sums = np.bincount(label_at, weights=own_prob, minlength=n_labels + 1)[1:]
-            # every label of ndimage.label has pixels: polygon i is label i + 1
+            # every label has pixels: polygon i is label i + 1
             polygons, _ = outline_rings(labels, n_labels, row_off=window.row_off, col_off=window.col_off)
 
             # Inner sides each component touches; those touching any are pending.
@@ -330,44 +322,50 @@ class PolygonCollector:
                 f"(one band per class name) for {window}."
             )
 
-    def _wanted_classes(self, classes: np.ndarray) -> list[int]:
-        """Class ids present in the block that are vectorised."""
-        wanted = []
-        if classes.dtype == np.uint8:  # a histogram is half np.unique's time on a block
-            present = np.flatnonzero(np.bincount(classes.ravel(), minlength=256)).tolist()
-        else:
-            present = np.unique(classes).tolist()
-        for value in present:
-            if value == self.nodata or value in self.skip_classes:
-                continue
-            if not 0 <= value < len(self.class_names):
-                raise ValueError(
-                    f"Class id {value} has no name: class_names has {len(self.class_names)} entries "
-                    f"(0..{len(self.class_names) - 1}) and nodata is {self.nodata}."
-                )
-            wanted.append(value)
-        return wanted
+    def _label(self, classes: np.ndarray,
+               probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """4-connected components of every vectorised class, numbered across classes, with their sums.
 
-    def _label(self, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Components of every wanted class, numbered across classes.
+        One compiled pass labels every class at once (:func:`_components`), where
+        ``scipy.ndimage.label`` took one pass per class, plus the passes finding the
+        classes present and gathering each component's pixel count and probability.
 
         Returns:
-            ``labels``: ``(h, w)`` int32, 0 outside components, ``1..N`` inside;
-            ``label_class``: ``(N,)`` class id of component ``i + 1``.
+            ``labels``: ``(h, w)`` int32, 0 outside components, ``1..N`` inside (in
+            raster order of each component's first pixel); ``label_class``: ``(N,)``
+            class id of component ``i + 1``; ``counts``: ``(N,)`` its pixels;
+            ``prob_sums``: ``(N,)`` the sum of its own class's probability over them.
+
+        Raises:
+            ValueError: a class id other than nodata has no name.
         """
-        labels = np.zeros(classes.shape, dtype=np.int32)
-        label_class = []
-        n_total = 0
-        for class_id in self._wanted_classes(classes):
-            class_labels, n = ndimage.label(classes == class_id)  # default structure: 4-connectivity
-            if n_total == 0:
-                labels = class_labels.astype(np.int32, copy=False)
-            else:
-                inside = class_labels > 0
-                labels[inside] = class_labels[inside] + n_total
-            label_class.append(np.full(n, class_id, dtype=np.int64))
-            n_total += n
-        return labels, (np.concatenate(label_class) if label_class else np.zeros(0, np.int64))
+        if classes.dtype != np.uint8:  # any other integer type: the class ids to vectorise, as uint8
+            values = np.unique(classes)
+            self._check_names(values[(values < 0) | (values >= len(self.class_names))])
+            codes = np.full(classes.shape, 255, np.uint8)
+            inside = (classes >= 0) & (classes < len(self.class_names)) & (classes != self.nodata)
+            codes[inside] = classes[inside]
+            classes = codes
+        wanted = np.zeros(256, dtype=bool)
+        wanted[: len(self.class_names)] = True
+        wanted[[c for c in self.skip_classes if 0 <= c < 256]] = False
+        if 0 <= self.nodata < 256:
+            wanted[self.nodata] = False
+        labels, label_class, counts, prob_sums, present = _components(
+            np.ascontiguousarray(classes), wanted, np.asarray(probabilities, dtype=np.float32)
+        )
+        self._check_names(np.flatnonzero(present[len(self.class_names):]) + len(self.class_names))
+        return labels, label_class, counts, prob_sums
+
+    def _check_names(self, values: np.ndarray) -> None:
+        """Raise for class ids without a name among ``values`` (nodata and skipped classes need none)."""
+        for value in values.tolist():
+            if value == self.nodata or value in self.skip_classes:
+                continue
+            raise ValueError(
+                f"Class id {value} has no name: class_names has {len(self.class_names)} entries "
+                f"(0..{len(self.class_names) - 1}) and nodata is {self.nodata}."
+            )
 
     def _inner_sides(self, window: Window, labels: np.ndarray) -> list[tuple[_SideKey, int, np.ndarray]]:
         """The block's sides that are not on the raster's edge: ``(key, start, labels along the side)``."""
@@ -593,3 +591,79 @@ def _flat(parts: list[tuple[np.ndarray, np.ndarray]]) -> FlatPolygons:
     ring_offsets = np.concatenate([p[1][:-1] + b for p, b in zip(parts, vertex_base, strict=True)] + [[len(coords)]])
     polygon_offsets = np.cumsum([0] + [len(p[1]) - 1 for p in parts])
     return FlatPolygons(coords, ring_offsets.astype(np.int64), polygon_offsets.astype(np.int64))
+
+
+@numba.njit(cache=True, nogil=True)
+def _components(classes, wanted, probabilities):  # pragma: no cover - compiled
+    """4-connected components of the pixels whose class is ``wanted``, all classes in one pass.
+
+    Two passes with union-find (path halving): provisional labels from the pixel
+    above and the one to the left of the same class, then final labels ``1..N`` in
+    raster order of each component's first pixel, with per-component class, pixel
+    count and summed own-class probability.
+
+    Args:
+        classes: ``(h, w)`` uint8 class ids.
+        wanted: ``(256,)`` bool, the classes to label.
+        probabilities: ``(C, h, w)`` float32; read at each labelled pixel's own class.
+
+    Returns:
+        ``(labels (h, w) int32, label_class (N,) int64, counts (N,) int64,
+        prob_sums (N,) float64, present (256,) bool)``.
+    """
+    h, w = classes.shape
+    labels = np.zeros((h, w), np.int32)
+    parent = np.empty(h * w // 2 + 2, np.int32)  # a 4-connected labelling needs at most ceil(h*w/2)
+    present = np.zeros(256, np.bool_)
+    n = 0
+    for i in range(h):
+        for j in range(w):
+            c = classes[i, j]
+            present[c] = True
+            if not wanted[c]:
+                continue
+            up = labels[i - 1, j] if i > 0 and classes[i - 1, j] == c else 0
+            left = labels[i, j - 1] if j > 0 and classes[i, j - 1] == c else 0
+            if up == 0 and left == 0:
+                n += 1
+                parent[n] = n
+                labels[i, j] = n
+            elif up == 0 or left == 0 or up == left:
+                labels[i, j] = up if up != 0 else left
+            else:  # two provisional labels meet: union under the smaller root
+                a, b = up, left
+                while parent[a] != a:
+                    parent[a] = parent[parent[a]]
+                    a = parent[a]
+                while parent[b] != b:
+                    parent[b] = parent[parent[b]]
+                    b = parent[b]
+                if a < b:
+                    parent[b] = a
+                else:
+                    parent[a] = b
+                labels[i, j] = min(a, b)
+    # final numbers by first pixel: a root is numbered when its first pixel is met
+    final = np.zeros(n + 1, np.int32)
+    label_class = np.empty(n, np.int64)
+    counts = np.zeros(n, np.int64)
+    prob_sums = np.zeros(n, np.float64)
+    m = 0
+    for i in range(h):
+        for j in range(w):
+            p = labels[i, j]
+            if p == 0:
+                continue
+            root = p
+            while parent[root] != root:
+                root = parent[root]
+            parent[p] = root
+            if final[root] == 0:
+                m += 1
+                final[root] = m
+                label_class[m - 1] = classes[i, j]
+            f = final[root]
+            labels[i, j] = f
+            counts[f - 1] += 1
+            prob_sums[f - 1] += probabilities[classes[i, j], i, j]
+    return labels, label_class[:m], counts[:m], prob_sums[:m], present
