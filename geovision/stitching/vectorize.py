@@ -6,8 +6,8 @@ does not grow with the raster's area:
 
 1. 4-connected components of every class at once (one compiled pass), traced to
    polygons **in pixel coordinates of the whole raster** by
-   :func:`geovision.stitching.trace.outline_polygons` (compiled; the polygons
-   GDAL's polygonize gives). Pixel corners are integers there, so pieces of one object
+   :func:`geovision.stitching.trace.outline_rings` (compiled; the polygons
+   GDAL's polygonize gives, as flat arrays). Pixel corners are integers there, so pieces of one object
    cut by a seam share exactly the same edge coordinates.
 2. A component touching a block side that is not the raster's edge may continue
    in a neighbouring block: it is kept as a *pending* piece. Every other
@@ -21,12 +21,16 @@ does not grow with the raster's area:
 4. A group counts its *open* (piece, side) pairs: sides its pieces touch whose
    facing pixels have not all arrived yet. A side closes when they have; when a
    group has no open pair left it cannot grow any more: its pieces are joined
-   (:func:`geovision.stitching.trace.merge_outlines`: the seam steps two pieces
+   (:func:`geovision.stitching.trace.merge_rings`: the seam steps two pieces
    share cancel), its probability sums and pixel counts added, and it is
    returned by that same :meth:`~PolygonCollector.add_block` call and forgotten.
 
-Final features are then moved to map coordinates, optionally simplified,
-repaired if invalid and measured on the ground (:func:`geovision.io.geo.measure`).
+Final features are then moved to map coordinates and measured on the ground
+(:func:`geovision.io.geo.measure_rings`), still as flat arrays, and come out as a
+GeoDataFrame (:meth:`~PolygonCollector.add_block`) or as WKB in an Arrow
+:class:`~geovision.io.vector.FeatureBatch` (:meth:`~PolygonCollector.add_block_batch`,
+no GEOS geometry built). With ``simplify_m`` they go through GEOS: simplified in pixel
+space, repaired if invalid, measured by :func:`geovision.io.geo.measure`.
 
 Blocks may come in any order and need not form a regular grid (any tiling of
 the raster works: a side may face several smaller blocks). Memory: only the
