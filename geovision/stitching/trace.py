@@ -136,12 +136,7 @@ def _trace(labels, n_labels, row_off, col_off):  # pragma: no cover - compiled
     h, w = labels.shape
     cap = 2 * (h + 1) * (w + 1) + 4  # maximal segments: at most one per corner and axis
     # int32 within a block: half the memory traffic of int64, twice as fast
-    x0 = np.empty(cap, np.int32)
-    y0 = np.empty(cap, np.int32)
-    x1 = np.empty(cap, np.int32)
-    y1 = np.empty(cap, np.int32)
-    direction = np.empty(cap, np.int32)
-    lab = np.empty(cap, np.int32)
+    x0, y0, x1, y1, direction, lab = np.empty((6, cap), np.int32)
     n = 0
     # open vertical runs on each line x = 0..w: the label whose left side runs down it, and
     # the label whose right side runs up it, with the row each started at
@@ -216,11 +211,7 @@ def _merge(coords, ring_of, ring_owner, n_groups, seam_rows, seam_cols):  # prag
     for i in range(m - 1):
         if ring_of[i] == ring_of[i + 1]:
             total += _pieces_of_edge(coords, i, seam_rows, seam_cols)
-    x0 = np.empty(total, np.int64)
-    y0 = np.empty(total, np.int64)
-    x1 = np.empty(total, np.int64)
-    y1 = np.empty(total, np.int64)
-    owner = np.empty(total, np.int64)
+    x0, y0, x1, y1, owner = np.empty((5, total), np.int64)
     seam = np.zeros(total, np.bool_)
     k = 0
     for i in range(m - 1):
