@@ -157,3 +157,24 @@ def test_ground_pixel_size_geographic() -> None:
     x_m, y_m = ground_pixel_size_m(Affine(1e-5, 0, 10.0, 0, -1e-5, 0.0005), "EPSG:4326", 100, 100)
     assert x_m == pytest.approx(1.1132, rel=1e-3)
     assert y_m == pytest.approx(1.1057, rel=1e-3)
+
+
+@pytest.mark.parametrize("crs, origin, scale", [("EPSG:32631", (500_000.0, 5_600_000.0), 1.0),
+                                                ("EPSG:4326", (4.4, 50.8), 1e-5),
+                                                ("EPSG:3857", (490_000.0, 6_580_000.0), 1.0)])
+def test_measure_rings_is_measure_of_the_same_polygons(crs: str, origin: tuple[float, float], scale: float) -> None:
+    """Flat rings (the stitcher's form) measure as the shapely polygons they describe, holes included."""
+    from geovision.io.geo import measure_rings
+    from geovision.stitching.flat import FlatPolygons
+
+    rng = np.random.default_rng(0)
+    points = shapely.points(rng.random((200, 2)) * 1000 * scale + origin)
+    rings = shapely.difference(shapely.buffer(points, 20 * scale, quad_segs=2),
+                               shapely.buffer(points, 5 * scale, quad_segs=2))
+    polygons = rings[shapely.get_type_id(rings) == shapely.GeometryType.POLYGON]
+    assert (shapely.get_num_interior_rings(polygons) > 0).any()
+    flat = FlatPolygons.from_shapely(polygons)
+    area, perimeter = measure_rings(flat.coords, flat.ring_offsets, flat.polygon_offsets, crs)
+    expected_area, expected_perimeter = measure(polygons, crs)
+    np.testing.assert_allclose(area, expected_area, rtol=1e-9)
+    np.testing.assert_allclose(perimeter, expected_perimeter, rtol=1e-9)

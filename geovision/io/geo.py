@@ -171,17 +171,33 @@ def measure_rings(coords: np.ndarray, ring_offsets: np.ndarray, polygon_offsets:
     x, y = coords[:, 0].astype(np.float64), coords[:, 1].astype(np.float64)
     if method == "geodesic":
         return _measure_rings_geodesic(x, y, coord_ring, exterior, ring_owner, n, pcrs)
-    edge = np.ones(len(x), dtype=bool)
-    edge[ring_offsets[1:] - 1] = False  # a ring's last vertex closes it: no edge starts there
-    a = np.flatnonzero(edge)
-    ring_of_edge = coord_ring[a]
+    a = np.flatnonzero(coord_ring[:-1] == coord_ring[1:])  # consecutive vertices of one ring: an edge
+    length = np.hypot(x[a + 1] - x[a], y[a + 1] - y[a])
+    area = _shoelace_areas(x, y, coord_ring, exterior, ring_owner, n)
+    perimeter = np.bincount(ring_owner[coord_ring[a]], weights=length, minlength=n)
+    return area * unit**2, perimeter * unit
+
+
+def _shoelace_areas(x: np.ndarray, y: np.ndarray, coord_ring: np.ndarray, exterior: np.ndarray,
+                    ring_owner: np.ndarray, n: int) -> np.ndarray:
+    """Plane area of each of ``n`` shapes: its exterior rings' shoelace areas less its holes'.
+
+    Args:
+        x: ``(M,)`` vertex x of closed rings, ring after ring.
+        y: ``(M,)`` vertex y.
+        coord_ring: ``(M,)`` each vertex's ring.
+        exterior: ``(R,)`` whether each ring is an exterior (else a hole).
+        ring_owner: ``(R,)`` the shape each ring belongs to.
+        n: the number of shapes.
+    """
+    a = np.flatnonzero(coord_ring[:-1] == coord_ring[1:])  # consecutive vertices of one ring: an edge
+    b = a + 1
     # from each ring's first vertex: small numbers, no cancellation with UTM's millions of metres
-    x, y = x - x[ring_offsets[:-1]][coord_ring], y - y[ring_offsets[:-1]][coord_ring]
-    doubled = np.bincount(ring_of_edge, weights=x[a] * y[a + 1] - x[a + 1] * y[a], minlength=len(exterior))
-    length = np.bincount(ring_of_edge, weights=np.hypot(x[a + 1] - x[a], y[a + 1] - y[a]), minlength=len(exterior))
-    area = np.bincount(ring_owner, weights=np.where(exterior, 0.5, -0.5) * np.abs(doubled), minlength=n)
-    perimeter = np.bincount(ring_owner, weights=length, minlength=n)
-    return np.maximum(area, 0.0) * unit**2, perimeter * unit
+    first = np.flatnonzero(np.r_[True, coord_ring[1:] != coord_ring[:-1]])
+    x, y = x - x[first][coord_ring], y - y[first][coord_ring]
+    doubled = np.bincount(coord_ring[a], weights=x[a] * y[b] - x[b] * y[a], minlength=len(exterior))
+    ring_area = np.where(exterior, 0.5, -0.5) * np.abs(doubled)
+    return np.maximum(np.bincount(ring_owner, weights=ring_area, minlength=n), 0.0)
 
 
 def _measure_geodesic(geoms: np.ndarray, crs: pyproj.CRS) -> tuple[np.ndarray, np.ndarray]:
@@ -235,10 +251,7 @@ def _measure_rings_geodesic(x: np.ndarray, y: np.ndarray, coord_ring: np.ndarray
     for g, k in enumerate(keys.tolist()):
         at = slice(None) if group is None else (group == g)[coord_ring]
         ex[at], ey[at] = _equal_area(k // 181 - 180, k % 181 - 90).transform(lon[at], lat[at])
-    ex, ey = ex - ex[first][coord_ring], ey - ey[first][coord_ring]  # from the ring's first vertex: small numbers
-    doubled = np.bincount(ring_of_edge, weights=ex[a] * ey[b] - ex[b] * ey[a], minlength=n_rings)
-    ring_area = np.where(exterior, 0.5, -0.5) * np.abs(doubled)
-    area = np.maximum(np.bincount(ring_owner, weights=ring_area, minlength=n), 0.0)
+    area = _shoelace_areas(ex, ey, coord_ring, exterior, ring_owner, n)
     perimeter = np.bincount(ring_owner, weights=np.bincount(ring_of_edge, weights=length, minlength=n_rings),
                             minlength=n)
     return area, perimeter

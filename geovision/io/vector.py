@@ -56,12 +56,10 @@ class FeatureBatch:
         return self.table.num_rows
 
     @classmethod
-    def from_arrays(cls, columns: dict[str, np.ndarray | pa.Array], wkb: pa.Array, crs) -> FeatureBatch:
-        """Attribute columns (numpy or Arrow; text as Arrow strings) and a WKB array."""
-        arrays = {name: values if isinstance(values, pa.Array) else _arrow_column(pd.Series(values, copy=False))
-                  for name, values in columns.items()}
-        arrays["geometry"] = wkb
-        return cls(pa.RecordBatch.from_pydict(arrays), as_pyproj_crs(crs) if crs is not None else None)
+    def from_arrays(cls, columns: dict[str, pa.Array], wkb: pa.Array, crs) -> FeatureBatch:
+        """Arrow attribute columns (text as strings) and a WKB array."""
+        return cls(pa.RecordBatch.from_pydict({**columns, "geometry": wkb}),
+                   as_pyproj_crs(crs) if crs is not None else None)
 
     @classmethod
     def from_frame(cls, frame: gpd.GeoDataFrame) -> FeatureBatch:
@@ -136,14 +134,10 @@ class LayerSink:
         """Queue ``features`` for writing; written in batches of about ``FLUSH_AT`` features."""
         if len(features) == 0:
             return
-        if isinstance(features, FeatureBatch):
-            if features.crs is not None and self.crs is not None and not features.crs.equals(self.crs):
-                features = FeatureBatch.from_frame(features.to_frame().to_crs(self.crs))
-            batch = features
-        else:
-            if features.crs is not None and self.crs is not None and not features.crs.equals(self.crs):
-                features = features.to_crs(self.crs)
-            batch = FeatureBatch.from_frame(features)
+        if features.crs is not None and self.crs is not None and not features.crs.equals(self.crs):
+            frame = features.to_frame() if isinstance(features, FeatureBatch) else features
+            features = frame.to_crs(self.crs)
+        batch = features if isinstance(features, FeatureBatch) else FeatureBatch.from_frame(features)
         self._buffer.append(batch)
         self._buffered += len(batch)
         self.count += len(batch)
@@ -165,12 +159,9 @@ class LayerSink:
         tables = [b.table for b in self._buffer]
         kinds = set().union(*(b.geometry_types() for b in self._buffer)) if not self._started else set()
         self._buffer, self._buffered = [], 0
-        if len(tables) == 1:
-            batch = tables[0]
-        else:
-            combined = pa.Table.from_batches(tables) if all(t.schema == tables[0].schema for t in tables) else \
-                pa.concat_tables([pa.Table.from_batches([t]) for t in tables], promote_options="permissive")
-            batch = combined.combine_chunks().to_batches()[0]
+        batch = tables[0] if len(tables) == 1 else pa.concat_tables(
+            [pa.Table.from_batches([t]) for t in tables], promote_options="permissive"
+        ).combine_chunks().to_batches()[0]
         if self._writer is not None:
             self._writer.put(batch)
             return

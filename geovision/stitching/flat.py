@@ -24,7 +24,7 @@ import pyarrow as pa
 import shapely
 from affine import Affine
 
-__all__ = ["FlatPolygons"]
+__all__ = ["FlatPolygons", "apply_affine"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +86,7 @@ class FlatPolygons:
 
     def transform(self, affine: Affine) -> FlatPolygons:
         """Vertices through ``affine`` (pixel ``(col, row)`` to map ``(x, y)``), as float64."""
-        col, row = self.coords[:, 0].astype(np.float64), self.coords[:, 1].astype(np.float64)
-        t = affine
-        coords = np.column_stack([t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f])
-        return FlatPolygons(coords, self.ring_offsets, self.polygon_offsets)
+        return FlatPolygons(apply_affine(affine, self.coords), self.ring_offsets, self.polygon_offsets)
 
     def ring_of_vertex(self) -> np.ndarray:
         """``(M,)`` the ring of each vertex."""
@@ -112,6 +109,13 @@ class FlatPolygons:
         offsets, data = _wkb(coords.reshape(-1).view(np.uint8), self.ring_offsets, self.polygon_offsets,
                              sys.byteorder == "little")
         return pa.Array.from_buffers(pa.binary(), len(self), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def apply_affine(affine: Affine, xy: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` points through ``affine`` (pixel ``(col, row)`` to map ``(x, y)``), float64."""
+    col, row = xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)
+    t = affine
+    return np.column_stack([t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f])
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -217,18 +217,16 @@ def _merge(coords, ring_of, ring_owner, n_groups, seam_rows, seam_cols):  # prag
     for i in range(m - 1):
         if ring_of[i] != ring_of[i + 1]:
             continue
-        pieces = _pieces_of_edge(coords, i, seam_rows, seam_cols)
         ax, ay, bx, by = coords[i, 0], coords[i, 1], coords[i + 1, 0], coords[i + 1, 1]
-        if pieces == 1 and abs(bx - ax) + abs(by - ay) != 1:
+        if not _on_seam(ax, ay, bx, by, seam_rows, seam_cols):  # whole
             x0[k], y0[k], x1[k], y1[k], owner[k] = ax, ay, bx, by, ring_owner[ring_of[i]]
-            seam[k] = _on_seam(ax, ay, bx, by, seam_rows, seam_cols)
             k += 1
             continue
         ux, uy = np.sign(bx - ax), np.sign(by - ay)
-        for j in range(pieces):
+        for j in range(abs(bx - ax) + abs(by - ay)):  # pixel steps
             x0[k], y0[k], x1[k], y1[k] = ax + ux * j, ay + uy * j, ax + ux * (j + 1), ay + uy * (j + 1)
             owner[k] = ring_owner[ring_of[i]]
-            seam[k] = _on_seam(ax, ay, bx, by, seam_rows, seam_cols)
+            seam[k] = True
             k += 1
     # a seam step shared by two pieces of a group: the same two corners, once each way; both go
     min_x, min_y = min(x0.min(), x1.min()), min(y0.min(), y1.min())

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import geopandas as gpd
@@ -58,7 +59,7 @@ from affine import Affine
 from geovision.errors import ConfigError, warn
 from geovision.io.geo import as_pyproj_crs, ground_pixel_size_m, measure, measure_rings
 from geovision.io.vector import FeatureBatch
-from geovision.stitching.flat import FlatPolygons
+from geovision.stitching.flat import FlatPolygons, apply_affine
 from geovision.stitching.trace import merge_rings, outline_rings
 from geovision.types import Window
 
@@ -170,9 +171,9 @@ class PolygonCollector:
             x_m, y_m = ground_pixel_size_m(transform, self.crs, raster_height, raster_width)
             self._simplify_px = simplify_m / float(np.sqrt(x_m * y_m))
 
-        # Pending pieces by id (ids count up in arrival order): (class id, pixel-space polygon as
-        # (vertices, ring offsets into them), summed own-class probability, pixel count).
-        self._pieces: dict[int, tuple[int, tuple[np.ndarray, np.ndarray], float, int]] = {}
+        # Pending pieces by id (ids count up in arrival order): (class id, pixel-space polygon,
+        # summed own-class probability, pixel count).
+        self._pieces: dict[int, tuple[int, FlatPolygons, float, int]] = {}
         self._next_id = 0
         # Union-find over pending pieces; a group is known by its root piece.
         self._parent: dict[int, int] = {}
@@ -250,10 +251,9 @@ class PolygonCollector:
                 piece_of_label[label + 1] = piece
                 rings = ring_offsets[polygon_offsets[label]:polygon_offsets[label + 1] + 1]
                 first, last = int(rings[0]), int(rings[-1])
-                self._pieces[piece] = (
-                    int(label_class[label]), (polygons.coords[first:last], rings - first),
-                    float(prob_sums[label]), int(counts[label])
-                )
+                outline = FlatPolygons(polygons.coords[first:last], rings - first,
+                                       np.array([0, len(rings) - 1], dtype=np.int64))
+                self._pieces[piece] = (int(label_class[label]), outline, float(prob_sums[label]), int(counts[label]))
                 self._parent[piece] = piece
                 self._members[piece] = [piece]
                 self._open[piece] = int(sides_touched[label])
@@ -301,8 +301,7 @@ class PolygonCollector:
 
     def empty(self) -> gpd.GeoDataFrame:
         """An empty result: the columns :data:`COLUMNS` with their dtypes, and the CRS."""
-        return _Features(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0), FlatPolygons.empty(),
-                         None).frame(self)
+        return _Features.none().frame(self)
 
     # --- block steps --------------------------------------------------------------
 
@@ -469,7 +468,7 @@ class PolygonCollector:
         prob_sums = np.empty(n, dtype=np.float64)
         counts = np.empty(n, dtype=np.int64)
         single, multi = [], []  # group numbers
-        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        parts: list[FlatPolygons] = []
         part_group: list[int] = []
         for g, pieces in enumerate(done):
             class_ids[g] = pieces[0][0]
@@ -484,11 +483,11 @@ class PolygonCollector:
         for k, g in enumerate(multi):
             parts += [piece[1] for piece in done[g]]
             part_group += [k] * len(done[g])
-        alone = _flat(parts[:len(single)])
+        alone = FlatPolygons.concat(parts[:len(single)])
         if multi:
             # the pieces of a group meet only along seams: their outlines are joined there
             # (3x faster than GEOS's overlay union, and exact)
-            joined = merge_rings(_flat(parts[len(single):]), np.array(part_group, dtype=np.int64), len(multi),
+            joined = merge_rings(FlatPolygons.concat(parts[len(single):]), np.array(part_group, dtype=np.int64), len(multi),
                                  self._seam_rows, self._seam_cols)
             polygons = FlatPolygons.concat([alone, joined]).take(np.argsort(single + multi, kind="stable"))
         else:
@@ -509,7 +508,7 @@ class PolygonCollector:
             counts: ``(N,)`` pixel count per object.
         """
         if len(polygons_px) == 0:
-            return _Features(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0), FlatPolygons.empty(), None)
+            return _Features.none()
         if self._simplify_px > 0:
             # GDAL's polygons and their coverage unions are valid; only simplification can
             # break validity, so only then is it checked (the check costs as much as tracing)
@@ -517,7 +516,7 @@ class PolygonCollector:
             invalid = ~shapely.is_valid(geoms)
             if invalid.any():
                 geoms[invalid] = shapely.make_valid(geoms[invalid], method="structure", keep_collapsed=False)
-            geoms = shapely.transform(geoms, self._pixel_to_map)
+            geoms = shapely.transform(geoms, partial(apply_affine, self.transform))
             area, perimeter = measure(geoms, self.crs)
             keep = ~shapely.is_empty(geoms)
             polygons = None
@@ -536,12 +535,6 @@ class PolygonCollector:
             geoms = geoms[keep] if geoms is not None else None
         return _Features(class_ids, area, perimeter, mean_prob, polygons, geoms)
 
-    def _pixel_to_map(self, xy: np.ndarray) -> np.ndarray:
-        """``(n, 2)`` whole-raster pixel ``(col, row)`` to ``(n, 2)`` map ``(x, y)``."""
-        t = self.transform
-        col, row = xy[:, 0], xy[:, 1]
-        return np.column_stack([t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f])
-
 
 @dataclass(slots=True, eq=False)
 class _Features:
@@ -555,6 +548,10 @@ class _Features:
     """Map-coordinate polygons as flat arrays; ``None`` when ``geoms`` holds them."""
     geoms: np.ndarray | None
     """``(N,)`` shapely geometries (after simplification, which may give MultiPolygons)."""
+
+    @classmethod
+    def none(cls) -> _Features:
+        return cls(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0), FlatPolygons.empty(), None)
 
     def frame(self, collector: PolygonCollector) -> gpd.GeoDataFrame:
         geoms = self.geoms if self.geoms is not None else self.polygons.to_shapely()
@@ -584,17 +581,6 @@ class _Features:
                                                      pa.array([collector.source], pa.string())).dictionary_decode(),
         }
         return FeatureBatch.from_arrays(columns, wkb, collector.crs)
-
-
-def _flat(parts: list[tuple[np.ndarray, np.ndarray]]) -> FlatPolygons:
-    """Single polygons given as (vertices, ring offsets into them) to one :class:`FlatPolygons`."""
-    if not parts:
-        return FlatPolygons.empty(np.int64)
-    coords = np.concatenate([p[0] for p in parts])
-    vertex_base = np.cumsum([0] + [len(p[0]) for p in parts[:-1]])
-    ring_offsets = np.concatenate([p[1][:-1] + b for p, b in zip(parts, vertex_base, strict=True)] + [[len(coords)]])
-    polygon_offsets = np.cumsum([0] + [len(p[1]) - 1 for p in parts])
-    return FlatPolygons(coords, ring_offsets.astype(np.int64), polygon_offsets.astype(np.int64))
 
 
 @numba.njit(cache=True, nogil=True)

@@ -579,11 +579,10 @@ class _ReviewSink:
         return self.main.count
 
     def append(self, features) -> None:
-        features = flag_for_review(features, self.band)
-        self.main.append(features)
-        flagged = (features.column("review") if isinstance(features, FeatureBatch)
-                   else features["review"].to_numpy()) == 1
-        self.review.append(features.filter(flagged) if isinstance(features, FeatureBatch) else features[flagged])
+        batch = features if isinstance(features, FeatureBatch) else FeatureBatch.from_frame(features)
+        batch = flag_for_review(batch, self.band)
+        self.main.append(batch)
+        self.review.append(batch.filter(batch.column("review") == 1))
 
     def close(self) -> None:
         self.main.close()
