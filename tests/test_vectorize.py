@@ -544,7 +544,7 @@ def test_block_accumulator_blends_like_numpy() -> None:
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 100_000), rows=st.integers(1, 40), cols=st.integers(1, 40), density=st.floats(0.1, 0.9))
 def test_components_are_scipys_for_every_class_at_once(seed: int, rows: int, cols: int, density: float) -> None:
-    """One compiled labelling of all classes: ndimage's components per class, their pixel counts and probability sums."""
+    """One compiled labelling of all classes: ndimage's components per class, pixel counts, probability sums."""
     from geovision.stitching.vectorize import _components
 
     rng = np.random.default_rng(seed)

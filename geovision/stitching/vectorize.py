@@ -487,8 +487,8 @@ class PolygonCollector:
         if multi:
             # the pieces of a group meet only along seams: their outlines are joined there
             # (3x faster than GEOS's overlay union, and exact)
-            joined = merge_rings(FlatPolygons.concat(parts[len(single):]), np.array(part_group, dtype=np.int64), len(multi),
-                                 self._seam_rows, self._seam_cols)
+            joined = merge_rings(FlatPolygons.concat(parts[len(single):]), np.array(part_group, dtype=np.int64),
+                                 len(multi), self._seam_rows, self._seam_cols)
             polygons = FlatPolygons.concat([alone, joined]).take(np.argsort(single + multi, kind="stable"))
         else:
             polygons = alone
