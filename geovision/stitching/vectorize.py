@@ -181,7 +181,7 @@ class PolygonCollector:
         self._open: dict[int, int] = {}  # root -> (piece, side) pairs still facing missing pixels
         # Seam sides still facing missing pixels, by line.
         self._sides: dict[_SideKey, list[_Side]] = {}
-        # rows and columns where blocks have met: merge_outlines cuts pieces' edges there into pixel steps
+        # rows and columns where blocks have met: merge_rings cuts pieces' edges there into pixel steps
         self._seam_rows: set[int] = set()
         self._seam_cols: set[int] = set()
         self._pixels_seen = 0
