@@ -5,16 +5,25 @@ Nothing here ever reads a whole raster. Each read opens the dataset inside a
 keeps a streaming reader's memory flat: GDAL's default cache grows to 5% of RAM.
 The functions are plain and picklable so Dask can run them on local threads or
 on the worker processes of a cluster.
+
+GDAL's cached blocks belong to a dataset handle and go when it closes, while
+neighbouring tiles share blocks (a 512 px tile at a 448 px stride touches four
+512 px blocks, each shared with up to three other tiles). A local run therefore
+passes ``keep``: each reading thread keeps its dataset open for the run, until
+:func:`release` (4096², 81 tiles: 0.65 -> 0.3 s of reading).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import rasterio
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 
 from geovision.errors import BandMismatchError, NoCRSError, RasterReadError
@@ -138,21 +147,82 @@ class TileData:
     valid: np.ndarray
 
 
-def read_tiles(info: RasterInfo, tiles: Sequence[Tile], tile_size: int) -> tuple[list[TileData], list[Tile]]:
+class _Kept:
+    """A dataset one reading thread keeps open for a run; the lock is held while it reads."""
+
+    __slots__ = ("dataset", "lock", "released")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.dataset = None
+        self.released = False
+
+
+_KEPT: dict[tuple[str, str, int], _Kept] = {}
+_RELEASED: set[str] = set()
+_KEPT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _reading(path: str, keep: str | None) -> Iterator:
+    """The dataset at ``path``: this thread's kept one for run ``keep``, or one opened for this read."""
+    entry = None
+    if keep is not None:
+        with _KEPT_LOCK:
+            if keep not in _RELEASED:
+                entry = _KEPT.setdefault((keep, path, threading.get_ident()), _Kept())
+    if entry is None:
+        with rasterio.open(path) as ds:
+            yield ds
+        return
+    with entry.lock:
+        if entry.released:  # released between the lookup and the lock: read without keeping
+            with rasterio.open(path) as ds:
+                yield ds
+            return
+        if entry.dataset is None:
+            entry.dataset = rasterio.open(path)
+        yield entry.dataset
+
+
+def release(keep: str) -> None:
+    """Close the datasets kept for run ``keep``; later reads for it open their own.
+
+    Waits for a read in progress on a kept dataset to end before closing it.
+    """
+    with _KEPT_LOCK:
+        _RELEASED.add(keep)
+        entries = [_KEPT.pop(key) for key in [k for k in _KEPT if k[0] == keep]]
+    for entry in entries:
+        with entry.lock:
+            entry.released = True
+            if entry.dataset is not None:
+                entry.dataset.close()
+                entry.dataset = None
+
+
+def read_tiles(info: RasterInfo, tiles: Sequence[Tile], tile_size: int, *,
+               keep: str | None = None) -> tuple[list[TileData], list[Tile]]:
     """Read a batch of tiles. Returns ``(read, skipped)``: tiles that are entirely nodata are skipped.
 
     The validity mask comes from GDAL's per-band masks (nodata values, internal
     mask bands, alpha), combined so a pixel is valid only when every band read is
-    valid; NaNs in float rasters count as nodata.
+    valid; NaNs in float rasters count as nodata. ``keep`` names a run whose
+    reading threads keep the dataset open (see :func:`release`); ``None`` opens and
+    closes it here.
     """
     read: list[TileData] = []
     skipped: list[Tile] = []
     try:
-        with gdal_env(), rasterio.open(info.path) as ds:
+        with gdal_env(), _reading(info.path, keep) as ds:
+            # bands without nodata, mask or alpha: every pixel read is valid
+            all_valid = all(ds.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in info.bands)
             for tile in tiles:
                 rw = tile.window.to_rasterio()
-                masks = ds.read_masks(info.bands, window=rw)
-                valid = np.all(masks > 0, axis=0)
+                if all_valid:
+                    valid = np.ones((int(rw.height), int(rw.width)), dtype=bool)
+                else:
+                    valid = np.all(ds.read_masks(info.bands, window=rw) > 0, axis=0)
                 if not valid.any():
                     skipped.append(tile)
                     continue
