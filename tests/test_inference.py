@@ -219,6 +219,33 @@ def test_second_predictor_of_the_same_weights_reuses_the_graph(unet: Segmentatio
     assert third._graphs[(1, 3, 64, 64)] is not graph
 
 
+def test_predictor_of_an_unchanged_bundle_file_is_kept(tmp_path) -> None:
+    """``geovision.predict`` in a loop over rasters builds the model once per bundle file and options."""
+    import os
+
+    from models_util import bright_object_bundle
+
+    from geovision.models.bundle import load_bundle
+    from geovision.models.predictor import clear_shared_predictor, shared_predictor
+
+    path = bright_object_bundle(tmp_path / "m.safetensors")
+    config, state = load_bundle(path)
+    first = shared_predictor(path, config, state, device="cpu", precision="fp32")
+    assert shared_predictor(path, *load_bundle(path), device="cpu", precision="fp32") is first
+    assert shared_predictor(path, config, state, device="cpu", precision="bf16") is not first  # other options
+
+    fp32 = shared_predictor(path, config, state, device="cpu", precision="fp32")
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # the file rewritten
+    rebuilt = shared_predictor(path, *load_bundle(path), device="cpu", precision="fp32")
+    assert rebuilt is not fp32
+    tiles = random_tiles((1, 3, 64, 64), seed=5)
+    np.testing.assert_array_equal(rebuilt.predict(tiles), fp32.predict(tiles))
+    clear_shared_predictor()
+    assert shared_predictor(path, config, state, device="cpu", precision="fp32") is not rebuilt
+    clear_shared_predictor()
+
+
 def test_read_batches_split_into_passes_in_grid_order() -> None:
     """predict reads several tiles per Dask task and splits them into forward passes, skipped tiles in place."""
     from geovision.tiling.grid import TileGrid

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -24,7 +25,8 @@ from geovision.errors import ConfigError, TaskMismatchError
 from geovision.models.bundle import BundleConfig, load_bundle
 from geovision.models.registry import build_loaded_model
 
-__all__ = ["Normalizer", "Precision", "TilePredictor", "make_predictor", "resolve_device", "resolve_precision"]
+__all__ = ["Normalizer", "Precision", "TilePredictor", "clear_shared_predictor", "make_predictor", "resolve_device",
+           "resolve_precision", "shared_predictor"]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -288,6 +290,40 @@ def make_predictor(config: BundleConfig, state_dict: Mapping[str, torch.Tensor],
     from geovision.models.segmentation import SegmentationPredictor
 
     return SegmentationPredictor(config, state_dict, **kwargs)
+
+
+#: the predictor of the bundle file used last, kept for the process: ``(file identity, options) -> predictor``
+_KEPT_PREDICTOR: dict[tuple, TilePredictor] = {}
+_kept_lock = threading.Lock()
+
+
+def shared_predictor(path: str | os.PathLike[str], config: BundleConfig, state_dict: Mapping[str, torch.Tensor],
+                     **kwargs: Any) -> TilePredictor:
+    """:func:`make_predictor` for the bundle file at ``path``, kept for the process.
+
+    A second call for the same file, unchanged (same inode, size and modification
+    time), with the same keyword arguments returns the same predictor instead of
+    building the model again (``geovision.predict`` in a loop over rasters: a
+    U-Net-ResNet18 takes 0.15 s to build, its frozen graph comes with it). Only the
+    last one is kept. Predictors are safe to share between threads.
+    """
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, tuple(sorted(kwargs.items())))
+    with _kept_lock:
+        found = _KEPT_PREDICTOR.get(key)
+    if found is not None:
+        return found
+    predictor = make_predictor(config, state_dict, **kwargs)
+    with _kept_lock:
+        _KEPT_PREDICTOR.clear()
+        _KEPT_PREDICTOR[key] = predictor
+    return predictor
+
+
+def clear_shared_predictor() -> None:
+    """Forget the predictor kept by :func:`shared_predictor`."""
+    with _kept_lock:
+        _KEPT_PREDICTOR.clear()
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,13 @@ from geovision.io.raster import (
 from geovision.io.vector import FeatureBatch, LayerSink, export
 from geovision.stitching.accumulate import CLASS_NODATA, BlockAccumulator, FinishedBlock
 from geovision.tiling.grid import BlockGrid, TileGrid
-from geovision.tiling.reader import RasterInfo, TileData, open_raster, read_tiles
+from geovision.tiling.reader import (
+    RasterInfo,
+    TileData,
+    open_raster,
+    read_tiles,
+    release,
+)
 from geovision.tiling.stream import batched, local_client, stream
 from geovision.types import Tile
 
@@ -179,8 +186,8 @@ def _read_and_predict(
     return [(t.tile, o, t.valid if keep_valid else None) for t, o in zip(read, outs)], skipped
 
 
-def _read(info: RasterInfo, tile_size: int, tiles: Sequence[Tile]) -> tuple[list[TileData], list[Tile]]:
-    return read_tiles(info, tiles, tile_size)
+def _read(info: RasterInfo, tile_size: int, keep: str, tiles: Sequence[Tile]) -> tuple[list[TileData], list[Tile]]:
+    return read_tiles(info, tiles, tile_size, keep=keep)
 
 
 # --------------------------------------------------------------------------- stitcher
@@ -405,10 +412,10 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
     if opts.overlap >= tile_size // 2:
         raise ConfigError(f"overlap {opts.overlap} must be less than half the tile ({tile_size}); lower --overlap.")
 
+    remote = bool(opts.scheduler)
     bands, bands_from = (opts.bands, "--bands") if opts.bands else (config.bands, "the bundle's band order")
     infos = [open_raster(path, bands, config.in_channels, bands_from=bands_from) for path in opts.rasters]
     resolutions = [_resolution_check(info, config.ground_resolution_m) for info in infos]
-    remote = bool(opts.scheduler)
     # on a cluster the pixels stay on the workers: drift is checked up front, by a decimated read
     drift = [_drift_check(info, config) if remote else None for info in infos]
     multi = len(infos) > 1
@@ -468,10 +475,10 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
                 pool = None
                 if not remote:
                     from geovision.models.inference import InferencePool, plan_inference
-                    from geovision.models.predictor import make_predictor
+                    from geovision.models.predictor import shared_predictor
 
-                    predictor = make_predictor(config, state, device=opts.device, precision=opts.precision,
-                                               source=opts.model)
+                    predictor = shared_predictor(opts.model, config, state, device=opts.device,
+                                                 precision=opts.precision, source=opts.model)
                     plan = plan_inference(predictor.device, streams=opts.streams, batch_size=opts.batch_size)
                     pool = stack.enter_context(InferencePool(predictor, plan))
                     inference = {"device": str(predictor.device), "streams": plan.streams,
@@ -702,6 +709,7 @@ def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, 
     run.tiles_total = len(tiles)
     stitcher = _Stitcher(consumer)
     stitcher.start()
+    stack = contextlib.ExitStack()
     try:
         if remote:
             bundle_future, digest = remote
@@ -716,9 +724,12 @@ def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, 
         else:
             # one Dask task reads several passes' tiles (each task costs the in-process scheduler
             # about 3 ms of CPU); readers stay a few tasks ahead of the passes in flight
-            per_read = max(pool.plan.batch_size, READ_BATCH)
-            prefetch = max(2, opts.workers or 2, pool.plan.streams)
-            reads = stream(client, _read, batched(tiles, per_read), info, tile_size, prefetch=prefetch)
+            plan = pool.plan
+            prefetch = max(2, opts.workers or 2, plan.streams)
+            keep = f"predict-{uuid.uuid4().hex}"  # the reading threads keep the raster open until the end
+            stack.callback(release, keep)
+            reads = stream(client, _read, _read_batches(tiles, plan.streams, plan.batch_size, READ_BATCH),
+                           info, tile_size, keep, prefetch=prefetch)
             jobs = (
                 ((batch, read, skipped),
                  np.stack([t.data for t in read]) if read else None,
@@ -736,6 +747,7 @@ def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, 
         stitcher.aborted = True
         raise
     finally:
+        stack.close()
         stitcher.inbox.put(None)
         stitcher.join()
         consumer.close()
@@ -754,6 +766,15 @@ def _watched(reads, monitor):
 
 #: tiles one Dask read task reads (at least; a bigger batch per forward pass reads that many)
 READ_BATCH = 4
+
+
+def _read_batches(tiles: Sequence[Tile], streams: int, batch_size: int, per_read: int) -> list[list[Tile]]:
+    """The tiles in read tasks: one pass's worth for each stream first, then ``per_read`` (or a pass) each.
+
+    The first passes start as soon as their own tiles are read, not a whole read task's.
+    """
+    head = min(len(tiles), streams * batch_size)
+    return batched(tiles[:head], batch_size) + batched(tiles[head:], max(batch_size, per_read))
 
 
 def _passes(batch: Sequence[Tile], read: list[TileData], skipped: list[Tile], size: int):
