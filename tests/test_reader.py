@@ -80,7 +80,8 @@ def test_reads_after_release_open_their_own(tmp_path: Path) -> None:
     assert not [k for k in reader._KEPT if k[0] == "run-b"]
 
 
-@pytest.mark.parametrize(("n", "streams", "batch", "per_read"), [(81, 2, 1, 4), (3, 4, 1, 4), (30, 2, 3, 4), (0, 2, 1, 4)])
+@pytest.mark.parametrize(("n", "streams", "batch", "per_read"),
+                         [(81, 2, 1, 4), (3, 4, 1, 4), (30, 2, 3, 4), (0, 2, 1, 4)])
 def test_first_read_tasks_hold_one_pass_per_stream(n: int, streams: int, batch: int, per_read: int) -> None:
     tiles = list(range(n))
     batches = _read_batches(tiles, streams, batch, per_read)

@@ -40,7 +40,9 @@ from geovision.io.outputs import AtomicOutputs, sibling, vector_driver
 from geovision.io.raster import (
     BLOCK_SIZE,
     BlockWriter,
+    NearestOverviews,
     hex_to_rgba,
+    overview_factors,
     probability_to_uint8,
     to_cog,
 )
@@ -132,6 +134,8 @@ class RasterRun:
     drift_monitor: Any = None
     #: the drift check's result for the summary (cluster runs: checked up front)
     drift: dict[str, Any] | None = None
+    #: the class raster's overview levels, written beside it (factor -> scratch GeoTIFF)
+    class_overviews: dict[int, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -196,9 +200,9 @@ def _read(info: RasterInfo, tile_size: int, keep: str, tiles: Sequence[Tile]) ->
 class _SegmentationConsumer:
     """Blends tile probabilities into blocks, writes them and vectorises them."""
 
-    def __init__(self, accumulator: BlockAccumulator, classes: BlockWriter, probs: BlockWriter | None,
-                 collector, sink: LayerSink) -> None:
-        self.accumulator, self.classes, self.probs = accumulator, classes, probs
+    def __init__(self, accumulator: BlockAccumulator, classes: BlockWriter, overviews: NearestOverviews,
+                 probs: BlockWriter | None, collector, sink: LayerSink) -> None:
+        self.accumulator, self.classes, self.overviews, self.probs = accumulator, classes, overviews, probs
         self.collector, self.sink = collector, sink
 
     def add(self, tile: Tile, probabilities: np.ndarray, valid: np.ndarray) -> None:
@@ -215,11 +219,13 @@ class _SegmentationConsumer:
 
     def close(self) -> None:
         self.classes.close()
+        self.overviews.close()
         if self.probs is not None:
             self.probs.close()
 
     def _write(self, block: FinishedBlock) -> None:
         self.classes.write(block.window, block.classes)
+        self.overviews.write(block.window, block.classes)
         if self.probs is not None:
             self.probs.write(block.window, probability_to_uint8(block.probabilities, block.valid))
         self.sink.append(self.collector.add_block_batch(block.window, block.classes, block.probabilities))
@@ -412,10 +418,10 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
     if opts.overlap >= tile_size // 2:
         raise ConfigError(f"overlap {opts.overlap} must be less than half the tile ({tile_size}); lower --overlap.")
 
-    remote = bool(opts.scheduler)
     bands, bands_from = (opts.bands, "--bands") if opts.bands else (config.bands, "the bundle's band order")
     infos = [open_raster(path, bands, config.in_channels, bands_from=bands_from) for path in opts.rasters]
     resolutions = [_resolution_check(info, config.ground_resolution_m) for info in infos]
+    remote = bool(opts.scheduler)
     # on a cluster the pixels stay on the workers: drift is checked up front, by a decimated read
     drift = [_drift_check(info, config) if remote else None for info in infos]
     multi = len(infos) > 1
@@ -459,6 +465,11 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
                 if final is not None:
                     tmp = outputs.add(final)
                     cog_tmps[final] = (tmp, outputs.scratch(tmp, ".scratch.tif"))
+            if r.classes_path is not None:
+                tmp = cog_tmps[r.classes_path][0]
+                outputs.scratch(tmp, ".scratch.vrt")
+                r.class_overviews = {f: outputs.scratch(tmp, f".scratch.ov{f}.tif")
+                                     for f in overview_factors(r.info.height, r.info.width)}
 
         scratch_gpkg = outputs.scratch(vector_tmp, ".scratch.gpkg")
         sinks = _Sinks.open(scratch_gpkg, config, crs, opts.points, opts.review_band)
@@ -676,6 +687,8 @@ def _segmentation_consumer(run: RasterRun, grid: TileGrid, config, opts: Predict
         cog_tmps[run.classes_path][1], info, count=1, dtype="uint8", nodata=CLASS_NODATA, descriptions=["class"],
         colormap={i: hex_to_rgba(c.color) for i, c in enumerate(config.classes)},
     )
+    overviews = NearestOverviews(run.class_overviews, info, dtype="uint8", nodata=CLASS_NODATA)
+    run.class_overviews = overviews.paths  # none where GDAL has to make them
     probs_writer = None
     if run.probabilities_path:
         probs_writer = BlockWriter(
@@ -688,7 +701,7 @@ def _segmentation_consumer(run: RasterRun, grid: TileGrid, config, opts: Predict
         transform=info.affine, crs=info.crs, nodata=CLASS_NODATA, simplify_m=opts.simplify,
         min_area_m2=opts.min_area, source=Path(info.path).name,
     )
-    return _SegmentationConsumer(accumulator, classes_writer, probs_writer, collector, sink)
+    return _SegmentationConsumer(accumulator, classes_writer, overviews, probs_writer, collector, sink)
 
 
 def _detection_consumer(run: RasterRun, grid: TileGrid, config, opts: PredictOptions, sinks: _Sinks, zones):
@@ -709,7 +722,7 @@ def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, 
     run.tiles_total = len(tiles)
     stitcher = _Stitcher(consumer)
     stitcher.start()
-    stack = contextlib.ExitStack()
+    keep = None  # local runs: the token under which the reading threads keep the raster open
     try:
         if remote:
             bundle_future, digest = remote
@@ -726,8 +739,7 @@ def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, 
             # about 3 ms of CPU); readers stay a few tasks ahead of the passes in flight
             plan = pool.plan
             prefetch = max(2, opts.workers or 2, plan.streams)
-            keep = f"predict-{uuid.uuid4().hex}"  # the reading threads keep the raster open until the end
-            stack.callback(release, keep)
+            keep = f"predict-{uuid.uuid4().hex}"
             reads = stream(client, _read, _read_batches(tiles, plan.streams, plan.batch_size, READ_BATCH),
                            info, tile_size, keep, prefetch=prefetch)
             jobs = (
@@ -747,7 +759,8 @@ def _run_raster(run: RasterRun, grid: TileGrid, consumer, opts: PredictOptions, 
         stitcher.aborted = True
         raise
     finally:
-        stack.close()
+        if keep is not None:
+            release(keep)
         stitcher.inbox.put(None)
         stitcher.join()
         consumer.close()
@@ -838,7 +851,7 @@ def _finish_cogs(run: RasterRun, cog_tmps: dict) -> None:
     """Copy the block-written scratch GeoTIFFs of a raster into COGs with overviews."""
     if run.classes_path is not None:
         cog, scratch = cog_tmps[run.classes_path]
-        to_cog(scratch, cog, resampling="NEAREST")
+        to_cog(scratch, cog, resampling="NEAREST", overviews=run.class_overviews)
     if run.probabilities_path is not None:
         cog, scratch = cog_tmps[run.probabilities_path]
         to_cog(scratch, cog, resampling="AVERAGE")
