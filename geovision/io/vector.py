@@ -36,8 +36,9 @@ from geovision.io.outputs import vector_driver
 #: GDAL geometry type names of WKB type codes
 _WKB_TYPES = {1: "Point", 2: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString", 6: "MultiPolygon"}
 
-#: features held before a batch is written to the scratch GeoPackage
-FLUSH_AT = 20_000
+#: features held before a batch is written to the scratch GeoPackage; what is held when the
+#: run ends is written after the last forward pass (20 000: up to 0.1 s there)
+FLUSH_AT = 5_000
 
 
 @dataclass(frozen=True, slots=True)
