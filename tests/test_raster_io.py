@@ -34,19 +34,21 @@ def _class_cog(tmp: Path, classes: np.ndarray, name: str, *, block_overviews: bo
     scratch = tmp / f"{name}.scratch.tif"
     writer = BlockWriter(scratch, info, count=1, dtype="uint8", nodata=255, descriptions=["class"],
                          colormap={0: (0, 0, 0, 255), 1: (200, 30, 40, 255), 2: (10, 160, 60, 255)})
-    levels = {f: tmp / f"{name}.ov{f}.tif" for f in overview_factors(height, width)} if block_overviews else {}
-    overviews = NearestOverviews(levels, info, dtype="uint8", nodata=255)
+    levels = {f: tmp / f"{name}.ov{f}.tif" for f in NearestOverviews.levels(height, width)} if block_overviews else {}
+    overviews = NearestOverviews(levels, info, dtype="uint8", nodata=255) if block_overviews else None
     grid = BlockGrid(height, width, BLOCK_SIZE)
     rows, cols = grid.shape
     for index in reversed([(i, j) for i in range(rows) for j in range(cols)]):  # any order, as they finish
         w = grid.window(index)
         block = classes[w.row_off:w.row_off + w.height, w.col_off:w.col_off + w.width]
         writer.write(w, block)
-        overviews.write(w, block)
+        if overviews is not None:
+            overviews.write(w, block)
     writer.close()
-    overviews.close()
+    if overviews is not None:
+        overviews.close()
     out = tmp / f"{name}.tif"
-    to_cog(scratch, out, resampling="NEAREST", overviews=overviews.paths)
+    to_cog(scratch, out, resampling="NEAREST", overviews=levels)
     assert not scratch.exists() and not any(p.exists() for p in levels.values())
     assert not scratch.with_suffix(".vrt").exists()
     return out

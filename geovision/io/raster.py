@@ -110,17 +110,27 @@ class NearestOverviews:
     GDAL's nearest-neighbour overview of factor ``f`` takes every ``f``-th pixel from
     the first (``a[::f, ::f]``, checked against GDAL in the tests), which a block whose
     offsets are multiples of ``f`` gives alone. One scratch GeoTIFF per factor of
-    :func:`overview_factors`; none where a factor exceeds the block size (rasters over
-    262 144 px a side), and :func:`to_cog` then has GDAL make them.
+    :meth:`levels`.
 
     Args:
-        paths: ``factor -> scratch path`` (from :func:`overview_factors`).
+        paths: ``factor -> scratch path``, one for each of :meth:`levels`.
         info: the full-resolution raster.
         dtype, nodata: as the full-resolution scratch.
     """
 
+    @staticmethod
+    def levels(height: int, width: int) -> list[int]:
+        """The factors written block by block: :func:`overview_factors`, or none where one
+        exceeds the block size (rasters over 262 144 px a side; :func:`to_cog` then has
+        GDAL make them)."""
+        factors = overview_factors(height, width)
+        return factors if max(factors, default=0) <= BLOCK_SIZE else []
+
     def __init__(self, paths: dict[int, Path], info: RasterInfo, *, dtype: str, nodata: float) -> None:
-        self.paths = dict(paths) if max(paths, default=0) <= BLOCK_SIZE else {}
+        expected = self.levels(info.height, info.width)
+        if sorted(paths) != expected:
+            raise ValueError(f"overview paths for factors {sorted(paths)}; this raster's are {expected}")
+        self.paths = dict(paths)
         self._writers = {}
         for f, path in self.paths.items():
             h, w = -(-info.height // f), -(-info.width // f)

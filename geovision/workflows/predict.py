@@ -42,7 +42,6 @@ from geovision.io.raster import (
     BlockWriter,
     NearestOverviews,
     hex_to_rgba,
-    overview_factors,
     probability_to_uint8,
     to_cog,
 )
@@ -467,9 +466,8 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
                     cog_tmps[final] = (tmp, outputs.scratch(tmp, ".scratch.tif"))
             if r.classes_path is not None:
                 tmp = cog_tmps[r.classes_path][0]
-                outputs.scratch(tmp, ".scratch.vrt")
                 r.class_overviews = {f: outputs.scratch(tmp, f".scratch.ov{f}.tif")
-                                     for f in overview_factors(r.info.height, r.info.width)}
+                                     for f in NearestOverviews.levels(r.info.height, r.info.width)}
 
         scratch_gpkg = outputs.scratch(vector_tmp, ".scratch.gpkg")
         sinks = _Sinks.open(scratch_gpkg, config, crs, opts.points, opts.review_band)
@@ -688,7 +686,6 @@ def _segmentation_consumer(run: RasterRun, grid: TileGrid, config, opts: Predict
         colormap={i: hex_to_rgba(c.color) for i, c in enumerate(config.classes)},
     )
     overviews = NearestOverviews(run.class_overviews, info, dtype="uint8", nodata=CLASS_NODATA)
-    run.class_overviews = overviews.paths  # none where GDAL has to make them
     probs_writer = None
     if run.probabilities_path:
         probs_writer = BlockWriter(
