@@ -3,22 +3,18 @@
 GDAL's COG driver can only copy a finished dataset, so blocks are written as
 they finish into a tiled scratch GeoTIFF, which is then copied (streaming,
 block by block) into a compressed COG with overviews. Neither step holds the
-raster in memory. The class raster's nearest-neighbour overviews are written block by
-block beside it (:class:`NearestOverviews`), so the copy after the last pass does not
-read the whole raster back to make them.
+raster in memory. (One-band class rasters skip the copy: ``io.cog.StreamingCOG``
+writes their COG as the blocks finish.)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
-from affine import Affine
 from rasterio.shutil import copy as rio_copy
 
 from geovision.tiling.reader import RasterInfo, gdal_env
@@ -91,117 +87,22 @@ class BlockWriter:
             self._ds.close()
 
 
-def overview_factors(height: int, width: int) -> list[int]:
-    """The overview factors of GDAL's COG driver (``OVERVIEWS=AUTO``, :data:`BLOCK_SIZE` tiles).
-
-    It halves the raster while the level above is larger than one tile: 4096 px gives
-    2, 4 and 8; 512 px and less, none.
-    """
-    factors, f = [], 2
-    while -(-max(height, width) // (f // 2)) > BLOCK_SIZE:
-        factors.append(f)
-        f *= 2
-    return factors
-
-
-class NearestOverviews:
-    """The nearest-neighbour overviews of a one-band raster, written block by block beside it.
-
-    GDAL's nearest-neighbour overview of factor ``f`` takes every ``f``-th pixel from
-    the first (``a[::f, ::f]``, checked against GDAL in the tests), which a block whose
-    offsets are multiples of ``f`` gives alone. One scratch GeoTIFF per factor of
-    :meth:`levels`.
-
-    Args:
-        paths: ``factor -> scratch path``, one for each of :meth:`levels`.
-        info: the full-resolution raster.
-        dtype, nodata: as the full-resolution scratch.
-    """
-
-    @staticmethod
-    def levels(height: int, width: int) -> list[int]:
-        """The factors written block by block: :func:`overview_factors`, or none where one
-        exceeds the block size (rasters over 262 144 px a side; :func:`to_cog` then has
-        GDAL make them)."""
-        factors = overview_factors(height, width)
-        return factors if max(factors, default=0) <= BLOCK_SIZE else []
-
-    def __init__(self, paths: dict[int, Path], info: RasterInfo, *, dtype: str, nodata: float) -> None:
-        expected = self.levels(info.height, info.width)
-        if sorted(paths) != expected:
-            raise ValueError(f"overview paths for factors {sorted(paths)}; this raster's are {expected}")
-        self.paths = dict(paths)
-        self._writers = {}
-        for f, path in self.paths.items():
-            h, w = -(-info.height // f), -(-info.width // f)
-            scaled = info.affine @ Affine.scale(info.width / w, info.height / h)
-            level = dataclasses.replace(info, height=h, width=w, transform=tuple(scaled)[:6])
-            self._writers[f] = BlockWriter(path, level, count=1, dtype=dtype, nodata=nodata)
-
-    def write(self, window: Window, array: np.ndarray) -> None:
-        """Add the block ``array`` (``(h, w)``) at ``window`` (offsets multiples of the block size)."""
-        for f, writer in self._writers.items():
-            writer.write(Window(window.row_off // f, window.col_off // f, -(-window.height // f),
-                                -(-window.width // f)), array[::f, ::f])
-
-    def close(self) -> None:
-        for writer in self._writers.values():
-            writer.close()
-
-
-def to_cog(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, resampling: str,
-           overviews: dict[int, Path] | None = None) -> None:
-    """Copy ``src`` into a deflate-compressed COG at ``dst`` with overviews, then delete ``src``.
-
-    ``overviews`` (factor -> one-band GeoTIFF, as :class:`NearestOverviews` writes)
-    are used as they are, through a VRT beside ``src``, instead of GDAL making them.
-    """
-    source, made = str(src), "AUTO"
-    if overviews:
-        source, made = str(Path(src).with_suffix(".vrt")), "FORCE_USE_EXISTING"
-        Path(source).write_text(_vrt_with_overviews(src, overviews))
+def to_cog(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, resampling: str) -> None:
+    """Copy ``src`` into a deflate-compressed COG at ``dst`` with overviews, then delete ``src``."""
     try:
         with gdal_env(), rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
             rio_copy(
-                source,
+                str(src),
                 str(dst),
                 driver="COG",
                 COMPRESS="DEFLATE",
                 BLOCKSIZE=BLOCK_SIZE,
-                OVERVIEWS=made,
+                OVERVIEWS="AUTO",
                 RESAMPLING=resampling,
                 BIGTIFF="IF_SAFER",
             )
     finally:
-        for path in (src, *(overviews or {}).values(), *([source] if overviews else [])):
-            Path(path).unlink(missing_ok=True)
-
-
-def _vrt_with_overviews(src: str | os.PathLike[str], overviews: dict[int, Path]) -> str:
-    """A VRT of one-band uint8 ``src`` (nodata, colours, description kept) with ``overviews`` as its own."""
-    with gdal_env(), rasterio.open(src) as ds:
-        if ds.count != 1 or ds.dtypes[0] != "uint8":
-            raise ValueError(f"{src}: overviews are made here for one-band uint8 rasters only")
-        try:
-            colours = ds.colormap(1)
-        except ValueError:
-            colours = {}
-        desc = ds.descriptions[0] or ""
-        gt = ", ".join(repr(v) for v in ds.transform.to_gdal())
-        nodata = "" if ds.nodata is None else f"<NoDataValue>{ds.nodata:g}</NoDataValue>"
-        table = "".join(f'<Entry c1="{r}" c2="{g}" c3="{b}" c4="{a}"/>' for _, (r, g, b, a) in sorted(colours.items()))
-        interp = f"<ColorInterp>Palette</ColorInterp><ColorTable>{table}</ColorTable>" if colours else ""
-        levels = "".join(
-            f"<Overview><SourceFilename relativeToVRT=\"0\">{escape(str(p))}</SourceFilename>"
-            "<SourceBand>1</SourceBand></Overview>" for _, p in sorted(overviews.items())
-        )
-        return (
-            f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">'
-            f"<SRS>{escape(ds.crs.to_wkt())}</SRS><GeoTransform>{gt}</GeoTransform>"
-            f'<VRTRasterBand dataType="Byte" band="1"><Description>{escape(desc)}</Description>{nodata}{interp}'
-            f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(src))}</SourceFilename>'
-            f"<SourceBand>1</SourceBand></SimpleSource>{levels}</VRTRasterBand></VRTDataset>"
-        )
+        Path(src).unlink(missing_ok=True)
 
 
 def hex_to_rgba(color: str) -> tuple[int, int, int, int]:

@@ -4,7 +4,7 @@ The task comes from the bundle. Data flow (see docs/ARCHITECTURE.md)::
 
     TileGrid (pure)  ->  Dask readers (threads or cluster)  ->  batched model (main thread,
     or the cluster's workers)  ->  stitcher thread, the task's consumer:
-        segmentation: BlockAccumulator -> BlockWriter (scratch GeoTIFF) + PolygonCollector
+        segmentation: BlockAccumulator -> StreamingCOG (class COG) + PolygonCollector
         detection:    DetectionMerger -> box polygons (+ centroids, zone counts)
     -> LayerSink (scratch GeoPackage)  ->  COG copies, vector export, summary
     ->  atomic rename of every output
@@ -36,11 +36,11 @@ from affine import Affine
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from geovision.errors import ConfigError, NodataOnlyError, TaskMismatchError, warn
+from geovision.io.cog import StreamingCOG
 from geovision.io.outputs import AtomicOutputs, sibling, vector_driver
 from geovision.io.raster import (
     BLOCK_SIZE,
     BlockWriter,
-    NearestOverviews,
     hex_to_rgba,
     probability_to_uint8,
     to_cog,
@@ -133,8 +133,6 @@ class RasterRun:
     drift_monitor: Any = None
     #: the drift check's result for the summary (cluster runs: checked up front)
     drift: dict[str, Any] | None = None
-    #: the class raster's overview levels, written beside it (factor -> scratch GeoTIFF)
-    class_overviews: dict[int, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -199,10 +197,11 @@ def _read(info: RasterInfo, tile_size: int, keep: str, tiles: Sequence[Tile]) ->
 class _SegmentationConsumer:
     """Blends tile probabilities into blocks, writes them and vectorises them."""
 
-    def __init__(self, accumulator: BlockAccumulator, classes: BlockWriter, overviews: NearestOverviews,
-                 probs: BlockWriter | None, collector, sink: LayerSink) -> None:
-        self.accumulator, self.classes, self.overviews, self.probs = accumulator, classes, overviews, probs
+    def __init__(self, accumulator: BlockAccumulator, classes: StreamingCOG, probs: BlockWriter | None,
+                 collector, sink: LayerSink) -> None:
+        self.accumulator, self.classes, self.probs = accumulator, classes, probs
         self.collector, self.sink = collector, sink
+        self._complete = False
 
     def add(self, tile: Tile, probabilities: np.ndarray, valid: np.ndarray) -> None:
         for block in self.accumulator.add(tile, probabilities, valid):
@@ -215,16 +214,19 @@ class _SegmentationConsumer:
     def finish(self) -> None:
         self.accumulator.check_complete()
         self.sink.append(self.collector.finish_batch())
+        self._complete = True
 
     def close(self) -> None:
-        self.classes.close()
-        self.overviews.close()
+        """Write the class COG (its tiles are compressed already) if every block came; else drop them."""
+        if self._complete:
+            self.classes.close()
+        else:
+            self.classes.abort()
         if self.probs is not None:
             self.probs.close()
 
     def _write(self, block: FinishedBlock) -> None:
         self.classes.write(block.window, block.classes)
-        self.overviews.write(block.window, block.classes)
         if self.probs is not None:
             self.probs.write(block.window, probability_to_uint8(block.probabilities, block.valid))
         self.sink.append(self.collector.add_block_batch(block.window, block.classes, block.probabilities))
@@ -457,17 +459,14 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
                 from geovision.io.drift import DriftMonitor
 
                 runs[-1].drift_monitor = DriftMonitor(config.drift_reference, config.band_names)
-        # final COG path -> (temporary COG, scratch GeoTIFF written block by block)
+        # final COG path -> (temporary COG, scratch file: a GeoTIFF written block by block, or
+        # the class COG's compressed tiles)
         cog_tmps: dict[Path, tuple[Path, Path]] = {}
         for r in runs:
-            for final in (r.classes_path, r.probabilities_path):
+            for final, suffix in ((r.classes_path, ".scratch.tiles"), (r.probabilities_path, ".scratch.tif")):
                 if final is not None:
                     tmp = outputs.add(final)
-                    cog_tmps[final] = (tmp, outputs.scratch(tmp, ".scratch.tif"))
-            if r.classes_path is not None:
-                tmp = cog_tmps[r.classes_path][0]
-                r.class_overviews = {f: outputs.scratch(tmp, f".scratch.ov{f}.tif")
-                                     for f in NearestOverviews.levels(r.info.height, r.info.width)}
+                    cog_tmps[final] = (tmp, outputs.scratch(tmp, suffix))
 
         scratch_gpkg = outputs.scratch(vector_tmp, ".scratch.gpkg")
         sinks = _Sinks.open(scratch_gpkg, config, crs, opts.points, opts.review_band)
@@ -681,11 +680,10 @@ def _segmentation_consumer(run: RasterRun, grid: TileGrid, config, opts: Predict
     accumulator = BlockAccumulator(blocks, grid.tiles, len(config.classes), ramp=opts.overlap)
     class_names = config.class_names
     assert run.classes_path is not None
-    classes_writer = BlockWriter(
-        cog_tmps[run.classes_path][1], info, count=1, dtype="uint8", nodata=CLASS_NODATA, descriptions=["class"],
+    classes_writer = StreamingCOG(
+        *cog_tmps[run.classes_path], info, nodata=CLASS_NODATA, description="class",
         colormap={i: hex_to_rgba(c.color) for i, c in enumerate(config.classes)},
     )
-    overviews = NearestOverviews(run.class_overviews, info, dtype="uint8", nodata=CLASS_NODATA)
     probs_writer = None
     if run.probabilities_path:
         probs_writer = BlockWriter(
@@ -698,7 +696,7 @@ def _segmentation_consumer(run: RasterRun, grid: TileGrid, config, opts: Predict
         transform=info.affine, crs=info.crs, nodata=CLASS_NODATA, simplify_m=opts.simplify,
         min_area_m2=opts.min_area, source=Path(info.path).name,
     )
-    return _SegmentationConsumer(accumulator, classes_writer, overviews, probs_writer, collector, sink)
+    return _SegmentationConsumer(accumulator, classes_writer, probs_writer, collector, sink)
 
 
 def _detection_consumer(run: RasterRun, grid: TileGrid, config, opts: PredictOptions, sinks: _Sinks, zones):
@@ -817,9 +815,9 @@ def _in_grid_order(items: list, batch: Sequence[Tile]) -> list:
 class _CogFinisher:
     """Runs :func:`_finish_cogs` for each raster on one thread of its own.
 
-    GDAL's COG copy (overviews, deflate) of a raster then overlaps the next raster's
-    inference, or, after the last, the vector writer's end (its spatial index):
-    0.4 and 0.3 s one after the other at 4096², on one core each.
+    GDAL's COG copy of a probability raster (overviews, deflate) then overlaps the next
+    raster's inference, or, after the last, the vector writer's end (its spatial index).
+    (The class COG needs no copy: ``io.cog.StreamingCOG`` compressed its tiles during the run.)
     """
 
     def __init__(self) -> None:
@@ -845,10 +843,7 @@ class _CogFinisher:
 
 
 def _finish_cogs(run: RasterRun, cog_tmps: dict) -> None:
-    """Copy the block-written scratch GeoTIFFs of a raster into COGs with overviews."""
-    if run.classes_path is not None:
-        cog, scratch = cog_tmps[run.classes_path]
-        to_cog(scratch, cog, resampling="NEAREST", overviews=run.class_overviews)
+    """Copy the block-written probability GeoTIFF of a raster into a COG with overviews."""
     if run.probabilities_path is not None:
         cog, scratch = cog_tmps[run.probabilities_path]
         to_cog(scratch, cog, resampling="AVERAGE")

@@ -54,6 +54,7 @@ from geovision.errors import (
     VectorContentError,
     warn,
 )
+from geovision.io.cog import StreamingCOG
 from geovision.io.geo import window_bounds
 from geovision.io.outputs import AtomicOutputs, sibling, vector_driver
 from geovision.io.raster import BlockWriter, hex_to_rgba, to_cog
@@ -351,7 +352,7 @@ def stress(
             tmp["stress_layer"] = tmp["vector"]
         index_scratch = outputs.scratch(tmp["index"], ".scratch.tif")
         status_scratch = outputs.scratch(tmp["stress"], ".status.tif")
-        class_scratch = outputs.scratch(tmp["stress"], ".scratch.tif")
+        class_scratch = outputs.scratch(tmp["stress"], ".scratch.tiles")
         scratch_gpkg = outputs.scratch(tmp["vector"], ".scratch.gpkg")
 
         # pass 1: index, status, field statistics
@@ -390,8 +391,8 @@ def stress(
         class_m2 = {c: np.zeros(n) for c in (HEALTHY, MODERATE, SEVERE)}
         colormap = {c: hex_to_rgba(col) for c, col in CLASS_COLORS.items()}
         colormap[NO_CLASS] = (0, 0, 0, 0)
-        class_writer = BlockWriter(class_scratch, info, count=1, dtype="uint8", nodata=NO_CLASS,
-                                   descriptions=["stress class"], colormap=colormap)
+        class_writer = StreamingCOG(tmp["stress"], class_scratch, info, nodata=NO_CLASS,
+                                    description="stress class", colormap=colormap)
         from geovision.stitching.vectorize import PolygonCollector
 
         collector = PolygonCollector(class_names=CLASS_NAMES, skip_classes={NO_CLASS, HEALTHY, WATER, MASKED},
@@ -402,6 +403,7 @@ def stress(
         # thresholds have no probability: every stress polygon's mean_probability is 1 (one array for all blocks)
         ones = np.ones((len(CLASS_NAMES), BLOCK, BLOCK), np.float32)
         try:
+            written = False
             try:
                 with gdal_env(), rasterio.open(index_scratch) as ids_, rasterio.open(status_scratch) as sds, \
                         (rasterio.open(model_classes) if model_classes else _null()) as mds:
@@ -416,11 +418,14 @@ def stress(
                                                     field_set))
                         bar.update(1)
                 sink.append(_with_field_ids(collector.finish(), field_set))
+                written = True
             finally:
-                class_writer.close()
+                if written:
+                    class_writer.close()  # the stress COG: its tiles are compressed already
+                else:
+                    class_writer.abort()
                 bar.close()
             to_cog(index_scratch, tmp["index"], resampling="AVERAGE")
-            to_cog(class_scratch, tmp["stress"], resampling="NEAREST")
             table = _field_table(field_set, p1, class_m2, cut, index)
             sink.close()
         except BaseException:
