@@ -27,10 +27,11 @@ from geovision.types import Window
 COLOURS = {0: (0, 0, 0, 255), 1: (200, 30, 40, 255), 2: (10, 160, 60, 255)}
 
 
-def _info(height: int, width: int, epsg: int = 32636) -> RasterInfo:
+def _info(height: int, width: int, epsg: int = 32636, transform: Affine | None = None) -> RasterInfo:
+    transform = transform or Affine(0.5, 0, 450_000, 0, -0.5, 40_000)
     return RasterInfo(path="in.tif", height=height, width=width, count=1, dtype="uint8",
-                      crs_wkt=rasterio.crs.CRS.from_epsg(epsg).to_wkt(),
-                      transform=tuple(Affine(0.5, 0, 450_000, 0, -0.5, 40_000))[:6], bands=(1,), nodata=None)
+                      crs_wkt=rasterio.crs.CRS.from_epsg(epsg).to_wkt(), transform=tuple(transform)[:6],
+                      bands=(1,), nodata=None)
 
 
 def _classes(height: int, width: int, seed: int = 7) -> np.ndarray:
@@ -41,10 +42,10 @@ def _classes(height: int, width: int, seed: int = 7) -> np.ndarray:
     return classes
 
 
-def _gdal_cog(tmp: Path, classes: np.ndarray) -> Path:
+def _gdal_cog(tmp: Path, classes: np.ndarray, info: RasterInfo | None = None) -> Path:
     """The COG GDAL's driver makes of ``classes`` (nearest-neighbour overviews)."""
     scratch, out = tmp / "gdal.scratch.tif", tmp / "gdal.tif"
-    writer = BlockWriter(scratch, _info(*classes.shape), count=1, dtype="uint8", nodata=255,
+    writer = BlockWriter(scratch, info or _info(*classes.shape), count=1, dtype="uint8", nodata=255,
                          descriptions=["class"], colormap=COLOURS)
     writer.write(Window(0, 0, *classes.shape), classes)
     writer.close()
@@ -52,10 +53,11 @@ def _gdal_cog(tmp: Path, classes: np.ndarray) -> Path:
     return out
 
 
-def _streamed_cog(tmp: Path, classes: np.ndarray, *, seed: int = 1, bigtiff: bool | None = None) -> Path:
+def _streamed_cog(tmp: Path, classes: np.ndarray, *, seed: int = 1, bigtiff: bool | None = None,
+                  info: RasterInfo | None = None) -> Path:
     """``classes`` through :class:`StreamingCOG`, its blocks in a shuffled order (as the stitcher finishes them)."""
     out, scratch = tmp / "ours.tif", tmp / "ours.scratch.tiles"
-    writer = StreamingCOG(out, scratch, _info(*classes.shape), nodata=255, colormap=COLOURS,
+    writer = StreamingCOG(out, scratch, info or _info(*classes.shape), nodata=255, colormap=COLOURS,
                           description="class", bigtiff=bigtiff)
     grid = BlockGrid(*classes.shape, BLOCK_SIZE)
     order = [(i, j) for i in range(grid.shape[0]) for j in range(grid.shape[1])]
@@ -110,6 +112,22 @@ def test_streamed_cog_equals_gdals(tmp_path: Path, size: tuple[int, int]) -> Non
             np.testing.assert_array_equal(ov, classes[::f, ::f][:ov.shape[0], :ov.shape[1]])
             if size[0] % f == 0 and size[1] % f == 0:
                 np.testing.assert_array_equal(ov, b.read(1))
+
+
+@pytest.mark.parametrize(("epsg", "transform"), [
+    (4326, Affine(1e-5, 0, 32.58, 0, -1e-5, 0.35)),  # geographic
+    (3857, Affine(0.075, 0, 3_626_000, 0, -0.075, 36_900)),  # Web Mercator
+    (32631, Affine(0.3, 0.05, 500_000, 0.05, -0.3, 5_650_000)),  # rotated: a full transformation matrix
+])
+def test_georeferencing_is_gdals(tmp_path: Path, epsg: int, transform: Affine) -> None:
+    classes = _classes(600, 700)
+    info = _info(600, 700, epsg, transform)
+    ours, gdal = _streamed_cog(tmp_path, classes, info=info), _gdal_cog(tmp_path, classes, info)
+    with rasterio.open(ours) as a, rasterio.open(gdal) as b:
+        assert a.crs == b.crs and a.crs.to_epsg() == epsg
+        assert a.transform == b.transform == transform
+        assert a.profile == b.profile and a.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        np.testing.assert_array_equal(a.read(1), classes)
 
 
 def test_every_block_order_gives_the_same_file(tmp_path: Path) -> None:
