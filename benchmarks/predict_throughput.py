@@ -74,6 +74,17 @@ def write_synthetic(path: Path, size: int, seed: int = 0) -> Path:
     return path
 
 
+def untrained_bundle(path: Path, tile: int = 512) -> Path:
+    """The benchmark's model: an untrained U-Net-ResNet18 (3 bands, 2 classes, seed 0)."""
+    import torch
+
+    from geovision.models.bundle import init_bundle
+
+    torch.manual_seed(0)
+    init_bundle(path, arch="unet", encoder="resnet18", bands=3, classes=["background", "object"], tile_size=tile)
+    return path
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
@@ -164,7 +175,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from geovision.models.bundle import init_bundle
     from geovision.workflows.predict import predict
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gv-bench-"))
@@ -185,10 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         raster = args.raster or write_synthetic(work / f"synthetic_{args.size}.tif", args.size)
     if bundle is None:
-        torch.manual_seed(0)
-        bundle = work / "unet_resnet18.safetensors"
-        init_bundle(bundle, arch="unet", encoder="resnet18", bands=3, classes=["background", "object"],
-                    tile_size=args.tile)
+        bundle = untrained_bundle(work / "unet_resnet18.safetensors", args.tile)
     bands = [int(b) for b in args.bands.split(",")] if args.bands else None
     # one-time imports (torch is imported above; segmentation-models-pytorch pulls in timm and
     # huggingface_hub, about 2 s; distributed and scipy.ndimage another 0.7 s) are paid once per

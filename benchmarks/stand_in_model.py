@@ -95,10 +95,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    import torch
-
-    from geovision.models.bundle import init_bundle
-
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gv-stand-in-"))
     work.mkdir(parents=True, exist_ok=True)
     raster = args.raster or work / f"synthetic_{args.size}.tif"
@@ -106,9 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         pt.write_synthetic(raster, args.size)
     bundle = args.bundle or work / "unet_resnet18.safetensors"
     if not bundle.exists():
-        torch.manual_seed(0)
-        init_bundle(bundle, arch="unet", encoder="resnet18", bands=3, classes=["background", "object"],
-                    tile_size=512)
+        pt.untrained_bundle(bundle)
     outputs = record_outputs(raster, bundle, work, 512, 64)
     install_stand_in(outputs, args.matmuls)
     with contextlib.redirect_stdout(io.StringIO()):

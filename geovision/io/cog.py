@@ -28,10 +28,10 @@ import deflate
 import numpy as np
 from rasterio.io import MemoryFile
 
+from geovision.io.raster import BLOCK_SIZE
 from geovision.tiling.reader import RasterInfo, gdal_env
 from geovision.types import Window
 
-BLOCK_SIZE = 512
 #: deflate level of GDAL's COG driver (``LEVEL`` defaults to 6)
 DEFLATE_LEVEL = 6
 

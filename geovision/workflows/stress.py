@@ -57,7 +57,7 @@ from geovision.errors import (
 from geovision.io.cog import StreamingCOG
 from geovision.io.geo import window_bounds
 from geovision.io.outputs import AtomicOutputs, sibling, vector_driver
-from geovision.io.raster import BlockWriter, hex_to_rgba, to_cog
+from geovision.io.raster import BLOCK_SIZE, BlockWriter, hex_to_rgba, to_cog
 from geovision.io.vector import LayerSink, export
 from geovision.tiling.grid import BlockGrid
 from geovision.tiling.reader import RasterInfo, gdal_env, open_raster, read_tiles
@@ -66,7 +66,7 @@ from geovision.types import Tile, Window
 
 __all__ = ["StressResult", "stress"]
 
-BLOCK = 512
+BLOCK = BLOCK_SIZE  # the class COG (io.cog.StreamingCOG) takes blocks of this grid
 FIELDS_LAYER, STRESS_LAYER = "fields", "stress"
 WATER_NDWI = 0.0  # McFeeters NDWI above this is open water
 CLOUD_BRIGHTNESS, CLOUD_BLUE = 0.30, 0.20  # mean visible and blue reflectance above these is cloud
