@@ -56,6 +56,11 @@ def test_batches_make_one_indexed_layer(tmp_path: Path, monkeypatch: pytest.Monk
     assert sink.tally == {"tree": [234, 234 * 0.25], "building": [466, 466 * 0.25]}
     with sqlite3.connect(path) as db:  # a spatial index over every feature
         assert db.execute("select count(*) from rtree_predictions_geom").fetchone()[0] == 700
+    box = (400_100, 5_600_000, 400_199, 5_600_001)  # the index answers a window query right
+    assert len(pyogrio.read_dataframe(path, layer="predictions", bbox=box)) == 100
+    # the stream writer's GDAL option does not outlive it
+    assert pyogrio.get_gdal_config_option(vector._RTREE_OPTION) is None
+    assert not list(tmp_path.glob("*rtree*"))  # GDAL's scratch database for the index is gone
 
 
 def test_empty_layer_still_written(tmp_path: Path) -> None:
