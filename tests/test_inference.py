@@ -10,6 +10,7 @@ import torch
 from test_models import make_config, random_tiles, trained_like_unet
 
 from geovision.errors import ConfigError
+from geovision.models.bundle import Normalization
 from geovision.models.inference import (
     MAX_CPU_STREAMS,
     InferencePlan,
@@ -115,6 +116,8 @@ def test_pool_outside_its_context_is_refused(unet: SegmentationPredictor) -> Non
 
 # --- the frozen graph --------------------------------------------------------------
 
+U8 = str(torch.uint8)
+
 
 @pytest.fixture(autouse=True)
 def _no_graphs_from_earlier_tests():
@@ -160,7 +163,7 @@ def test_graph_under_bf16_autocast_is_as_close_to_fp32_as_eager(unet: Segmentati
     reference, eager_out = fp32.predict(tiles), eager.predict(tiles)
     # the tracing pass's output is the eager model's
     np.testing.assert_allclose(graph.predict(tiles), eager_out, atol=1e-6)
-    assert list(graph._graphs) == [(2, 3, 64, 64)]
+    assert list(graph._graphs) == [((2, 3, 64, 64), U8)]
     frozen = graph.predict(tiles)  # the frozen graph
     eager_error = np.abs(eager_out - reference)
     frozen_error = np.abs(frozen - reference)
@@ -187,7 +190,7 @@ def test_graph_from_several_threads_at_once(unet: SegmentationPredictor) -> None
         outs = [o for _, o in pool.map([(k, tiles, None) for k in range(8)])]
     for out in outs:
         np.testing.assert_allclose(out, reference, atol=1e-4)
-    assert list(predictor._graphs) == [(1, 3, 64, 64)]
+    assert list(predictor._graphs) == [((1, 3, 64, 64), U8)]
 
 
 def test_second_predictor_of_the_same_weights_reuses_the_graph(unet: SegmentationPredictor) -> None:
@@ -201,22 +204,22 @@ def test_second_predictor_of_the_same_weights_reuses_the_graph(unet: Segmentatio
     [graph] = first._graphs.values()
     second = SegmentationPredictor(config, {k: v.clone() for k, v in state.items()}, device="cpu", precision="fp32")
     out = second.predict(tiles)
-    assert second._graphs[(1, 3, 64, 64)] is graph
+    assert second._graphs[((1, 3, 64, 64), U8)] is graph
     np.testing.assert_array_equal(out, first.predict(tiles))  # the frozen graph's output, bit for bit
 
     other_state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
     assert weights_digest(other_state) != weights_digest(state)
     other = SegmentationPredictor(config, other_state, device="cpu", precision="fp32")
     other.predict(tiles)
-    assert other._graphs[(1, 3, 64, 64)] is not graph
+    assert other._graphs[((1, 3, 64, 64), U8)] is not graph
     bf16 = SegmentationPredictor(config, state, device="cpu", precision="bf16")
     bf16.predict(tiles)
-    assert bf16._graphs[(1, 3, 64, 64)] is not graph
+    assert bf16._graphs[((1, 3, 64, 64), U8)] is not graph
 
     clear_graph_cache()
     third = SegmentationPredictor(config, state, device="cpu", precision="fp32")
     third.predict(tiles)
-    assert third._graphs[(1, 3, 64, 64)] is not graph
+    assert third._graphs[((1, 3, 64, 64), U8)] is not graph
 
 
 def test_predictor_of_an_unchanged_bundle_file_is_kept(tmp_path) -> None:
@@ -278,3 +281,42 @@ def test_local_reader_cluster_is_quiet_and_private() -> None:
     finally:
         client.close()
         client.cluster.close()
+
+
+def reference_probabilities(predictor: SegmentationPredictor, tiles: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """What a pass must give: numpy's normalisation, the eager model in float32, softmax."""
+    x = torch.from_numpy(predictor.normalize(tiles, valid))
+    with torch.inference_mode():
+        return torch.softmax(predictor.model(x).float(), dim=1).numpy()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+@pytest.mark.parametrize("normalization", [
+    Normalization(method="meanstd", mean=[90.0, 100.0, 110.0], std=[40.0, 50.0, 60.0]),
+    Normalization(method="percentile", low=[20.0, 30.0, 40.0], high=[200.0, 210.0, 220.0]),
+    Normalization(method="none"),
+], ids=["meanstd", "percentile", "none"])
+@pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
+def test_pass_normalises_on_the_device_as_numpy_does(dtype, normalization: Normalization, graph: bool) -> None:
+    """The pass takes raw tiles and the validity mask: invalid pixels (masked, or NaN in float
+    tiles) are set to the normalisation's centre, then scaled, exactly as the numpy normaliser
+    does, for every input dtype; tiles of another dtype get a graph of their own."""
+    config = make_config(normalization=normalization, arch_params={"depth": 2, "width": 8})
+    torch.manual_seed(2)
+    predictor = SegmentationPredictor(config, build_model(config).state_dict(), device="cpu", precision="fp32",
+                                      graph=graph)
+    rng = np.random.default_rng(5)
+    tiles = rng.integers(0, 250, size=(2, 3, 40, 48)).astype(dtype)
+    if np.dtype(dtype).kind == "f":
+        tiles[0, 1, 5:9, 5:9] = np.nan
+    valid = rng.random((2, 40, 48)) > 0.2
+    expected = reference_probabilities(predictor, tiles, valid)
+    for _ in range(3):  # eager or tracing, then the frozen graph twice
+        np.testing.assert_allclose(predictor.predict(tiles, valid), expected, atol=1e-5)
+    np.testing.assert_allclose(predictor.predict(tiles), reference_probabilities(predictor, tiles, None), atol=1e-5)
+    if graph:
+        assert list(predictor._graphs) == [((2, 3, 40, 48), str(torch.from_numpy(tiles[:0]).dtype))
+                                           if dtype != np.uint16 else ((2, 3, 40, 48), "torch.int32")]
+        other = tiles.astype(np.float64)
+        np.testing.assert_allclose(predictor.predict(other, valid), expected, atol=1e-5)
+        assert len(predictor._graphs) == 2

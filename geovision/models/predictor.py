@@ -237,6 +237,42 @@ class Normalizer:
         self.bands = list(config.bands)
         self._offset, self._scale, self._centre, self._clip = _normalization_arrays(config)
 
+    def check(self, tiles: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(tiles, valid)`` as arrays (``valid`` as bool), after checking that their shapes fit.
+
+        Raises:
+            ValueError: the shapes do not fit each other or the model's band count.
+        """
+        tiles = np.asarray(tiles)
+        if tiles.ndim != 4:
+            raise ValueError(f"tiles must be (N, bands, rows, cols), got shape {tiles.shape}")
+        n, b, h, w = tiles.shape
+        if b != self.in_channels:
+            raise ValueError(
+                f"tiles have {b} band(s) but the model takes {self.in_channels} "
+                f"({', '.join(self.band_names)}); read bands {self.bands}"
+            )
+        if valid is not None:
+            valid = np.asarray(valid, dtype=bool)
+            if valid.shape != (n, h, w):
+                raise ValueError(f"valid must be (N, rows, cols) = {(n, h, w)}, got shape {valid.shape}")
+        return tiles, valid
+
+    def tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """``offset``, ``scale`` and ``centre`` as ``(1, B, 1, 1)`` float32 tensors on ``device``
+        (the same arithmetic in torch: ``y = (x - offset) * scale``, invalid pixels first set to ``centre``)."""
+        return {name: torch.from_numpy(a.copy()).to(device)
+                for name, a in (("offset", self._offset), ("scale", self._scale), ("centre", self._centre))}
+
+    @property
+    def clip(self) -> bool:
+        """Whether the scaled values are clipped to [0, 1] (percentile scaling)."""
+        return self._clip
+
+    def digest(self) -> bytes:
+        """The normalisation's numbers, as bytes (part of what a frozen graph is filed under)."""
+        return b"".join(a.tobytes() for a in (self._offset, self._scale, self._centre)) + bytes([self._clip])
+
     def __call__(self, tiles: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Raw tile values to model input.
 
@@ -256,21 +292,10 @@ class Normalizer:
         Raises:
             ValueError: the shapes do not fit each other or the model's band count.
         """
-        tiles = np.asarray(tiles)
-        if tiles.ndim != 4:
-            raise ValueError(f"tiles must be (N, bands, rows, cols), got shape {tiles.shape}")
-        n, b, h, w = tiles.shape
-        if b != self.in_channels:
-            raise ValueError(
-                f"tiles have {b} band(s) but the model takes {self.in_channels} "
-                f"({', '.join(self.band_names)}); read bands {self.bands}"
-            )
+        tiles, valid = self.check(tiles, valid)
         x = tiles.astype(np.float32, copy=True)
         invalid = ~np.isfinite(x)
         if valid is not None:
-            valid = np.asarray(valid, dtype=bool)
-            if valid.shape != (n, h, w):
-                raise ValueError(f"valid must be (N, rows, cols) = {(n, h, w)}, got shape {valid.shape}")
             invalid |= ~valid[:, None, :, :]
         if invalid.any():
             np.copyto(x, np.broadcast_to(self._centre, x.shape), where=invalid)

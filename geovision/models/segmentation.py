@@ -1,8 +1,9 @@
 """Segmentation predictor: raw tile batches in, per-class probabilities out.
 
 Device, precision, weights and normalisation come from
-:class:`~geovision.models.predictor.TilePredictor`; this subclass pads tiles to
-the encoder's stride and returns softmax probabilities for the stitcher. On
+:class:`~geovision.models.predictor.TilePredictor`; this subclass runs one pass
+(:class:`_Pass`: normalisation, padding to the encoder's stride, the model,
+softmax) and returns probabilities for the stitcher. On
 CPU, channels-last memory format with bfloat16 autocast made a
 U-Net/ResNet-18 forward pass about 3-4x faster than plain float32 on an
 AVX512-BF16 machine, so ``precision="auto"`` picks bf16 wherever the hardware
@@ -88,40 +89,46 @@ class SegmentationPredictor(TilePredictor):
         self._graphs: dict[tuple[int, ...], Any] = {}
         self._graph_lock = threading.Lock()
         #: what the process-wide graphs of these weights are filed under (input shape added)
-        self._shared_key = ((weights_digest(state_dict), str(self.dtype), self.channels_last, str(self.device))
+        self._shared_key = ((weights_digest(state_dict), hashlib.sha256(self.normalizer.digest()).hexdigest(),
+                             self.pad_multiple, str(self.dtype), self.channels_last, str(self.device))
                             if self.graph else None)
+        #: the pass the graphs are traced from, and that runs eagerly where there is no graph
+        self._pass = _Pass(self.model, self.normalizer.tensors(self.device), self.normalizer.clip,
+                           self.pad_multiple, self.channels_last, self.dtype, self.device.type).eval()
 
-    def _forward(self, x: torch.Tensor) -> Any:
-        """The model's output for ``x``: through a frozen TorchScript graph where there is one.
+    def _run(self, tiles: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """One pass (:class:`_Pass`) over raw ``tiles`` and ``valid``: through a frozen TorchScript graph where there is one.
 
-        In a graph the whole forward pass runs in C++ without Python's GIL, so forward
-        passes on several threads do not queue behind each other, or behind reading and
-        stitching, at every layer (U-Net-ResNet18, two passes beside a busy Python
-        thread on 2 cores: 0.37 s per tile as a graph, 0.62 s eager). Freezing also folds
-        batch norms into the convolutions. A graph is traced once per input shape (smp's
-        decoders size their upsampling from the input); the tracing pass's own output is
-        this batch's result, so tracing costs no extra pass. While one thread traces,
-        others run eagerly rather than wait. Traced under bf16 autocast, the graph keeps
-        autocast's casts and freezing casts the weights once, not at every pass
-        (AVX512-BF16 EPYC, two passes on 2 cores: 53 ms per tile against 88 ms eager;
-        batch norms folded into bf16 weights leave it as close to float32 as eager
-        bf16). Graphs are also kept for the process (:data:`_SHARED_GRAPHS`, by a digest
-        of the weights), so another predictor of the same weights, precision and device
+        In a graph the whole pass (normalisation, model, softmax) runs in C++ without
+        Python's GIL, so passes on several threads do not queue behind each other, or
+        behind reading and stitching, at every layer (U-Net-ResNet18, two passes beside a
+        busy Python thread on 2 cores: 0.37 s per tile as a graph, 0.62 s eager), and a
+        pass takes the GIL back once, not after each of a dozen numpy and torch steps
+        around the model. Freezing also folds batch norms into the convolutions. A graph
+        is traced once per input shape and dtype (smp's decoders size their upsampling
+        from the input); the tracing pass's own output is this batch's result, so
+        tracing costs no extra pass. While one thread traces, others run eagerly rather
+        than wait. Traced under bf16 autocast, the graph keeps autocast's casts and
+        freezing casts the weights once, not at every pass (AVX512-BF16 EPYC, two passes
+        on 2 cores: 53 ms per tile against 88 ms eager; batch norms folded into bf16
+        weights leave it as close to float32 as eager bf16). Graphs are also kept for
+        the process (:data:`_SHARED_GRAPHS`, by a digest of the weights and the
+        normalisation), so another predictor of the same weights, precision and device
         does not trace again (tracing adds 0.4 s to a 512 px fp32 pass on one core).
-        Where tracing fails, or ``graph`` is off (the default on GPUs), the eager model
-        runs.
+        Where tracing fails, or ``graph`` is off (the default on GPUs), the pass runs
+        eagerly.
         """
         if not self.graph:
-            return self.model(x)
-        key = tuple(x.shape)
+            return self._pass(tiles, valid)
+        key = (tuple(tiles.shape), str(tiles.dtype))
         found = self._graphs.get(key)
         if found is not None:
-            return found(x)
+            return found(tiles, valid)
         if not self._graph_lock.acquire(blocking=False):
-            return self.model(x)
+            return self._pass(tiles, valid)
         try:
             if key in self._graphs:
-                return self._graphs[key](x)
+                return self._graphs[key](tiles, valid)
             shared_key = (*self._shared_key, key)
             with _shared_lock:
                 found = _SHARED_GRAPHS.get(shared_key)
@@ -129,11 +136,11 @@ class SegmentationPredictor(TilePredictor):
                     _SHARED_GRAPHS.move_to_end(shared_key)
             if found is not None:
                 self._graphs[key] = found
-                return found(x)
-            capture = _Capture(self.model).eval()
+                return found(tiles, valid)
+            capture = _Capture(self._pass).eval()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit is deprecated, but still the GIL-free way
-                traced = torch.jit.trace(capture, x, check_trace=False)
+                traced = torch.jit.trace(capture, (tiles, valid), check_trace=False)
                 self._graphs[key] = torch.jit.freeze(traced)
             with _shared_lock:
                 _SHARED_GRAPHS[shared_key] = self._graphs[key]
@@ -143,17 +150,18 @@ class SegmentationPredictor(TilePredictor):
         except Exception as exc:  # noqa: BLE001  (any failure: run eagerly, as before)
             log.info("running %s eagerly: tracing failed (%s)", type(self.model).__name__, exc)
             self.graph = False
-            return self.model(x)
+            return self._pass(tiles, valid)
         finally:
             self._graph_lock.release()
 
     def predict(self, tiles: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Per-class probabilities for a batch of tiles.
 
-        The tiles are normalised (:meth:`normalize`); for smp models height and width
-        are reflect-padded up to a multiple of 32 and the output cropped back. The
-        forward pass runs under ``torch.inference_mode`` with autocast at
-        :attr:`dtype`; the softmax is taken in float32.
+        The raw tiles go to the device as they are (uint8 stays uint8); there the pass
+        normalises them (invalid pixels first set to the normalisation's centre, as
+        :meth:`normalize` does), reflect-pads height and width up to a multiple of 32
+        for smp models, runs the model under ``torch.inference_mode`` with autocast at
+        :attr:`dtype`, crops back and takes the softmax in float32.
 
         Args:
             tiles: ``(N, B, H, W)`` raw band values; ``B == in_channels``.
@@ -161,32 +169,85 @@ class SegmentationPredictor(TilePredictor):
 
         Returns:
             ``(N, C, H, W)`` float32 probabilities summing to 1 over ``C`` (on the CPU).
+
+        Raises:
+            ValueError: the shapes do not fit each other or the model's band count.
         """
-        x_np = self.normalize(tiles, valid)
-        n, _, h, w = x_np.shape
+        tiles, valid = self.normalizer.check(tiles, valid)
+        n, _, h, w = tiles.shape
         if n == 0:
             return np.zeros((0, self.num_classes, h, w), dtype=np.float32)
+        tiles = _torch_readable(tiles)
+        if valid is None:
+            valid = np.ones((n, h, w), dtype=bool)
         with torch.inference_mode():
-            x = torch.from_numpy(x_np).to(self.device, non_blocking=True)
-            x = _pad_to_multiple(x, self.pad_multiple)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                logits = self._forward(x)
-            if isinstance(logits, (tuple, list)):  # smp with aux_params returns (masks, labels)
-                logits = logits[0]
-            probs = torch.softmax(logits[:, :, :h, :w].float(), dim=1)
-            return probs.contiguous().cpu().numpy()
+            x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
+            ok = torch.from_numpy(np.ascontiguousarray(valid)).to(self.device, non_blocking=True)
+            return self._run(x, ok).cpu().numpy()
+
+
+#: unsigned integers wider than a byte, which torch barely computes with, widened exactly first
+_WIDEN = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64}
+_TORCH_DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32,
+                                       np.float64)}
+
+
+def _torch_readable(tiles: np.ndarray) -> np.ndarray:
+    """``tiles`` in a dtype torch converts to float32 as numpy does (uint16 to int32, uint32 to int64)."""
+    if tiles.dtype in _TORCH_DTYPES:
+        return tiles
+    if tiles.dtype in _WIDEN:
+        return tiles.astype(_WIDEN[tiles.dtype])
+    return tiles.astype(np.float32)
+
+
+class _Pass(torch.nn.Module):
+    """One forward pass from raw tiles to probabilities, as the frozen graph runs it.
+
+    ``(tiles, valid)``: ``(N, B, H, W)`` raw values of any numeric dtype and ``(N, H, W)``
+    bool; returns ``(N, C, H, W)`` float32 softmax probabilities. The normalisation is
+    :class:`~geovision.models.predictor.Normalizer`'s arithmetic in float32 torch
+    (the same numbers).
+    """
+
+    def __init__(self, model: torch.nn.Module, norm: dict[str, torch.Tensor], clip: bool, pad_multiple: int,
+                 channels_last: bool, dtype: torch.dtype | None, device_type: str) -> None:
+        super().__init__()
+        self.model = model
+        for name, value in norm.items():
+            self.register_buffer(name, value, persistent=False)
+        self.clip, self.pad_multiple, self.channels_last = clip, pad_multiple, channels_last
+        self.dtype, self.device_type = dtype, device_type
+
+    def forward(self, tiles: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        h, w = int(tiles.shape[-2]), int(tiles.shape[-1])
+        x = tiles.float()
+        invalid = torch.logical_or(~torch.isfinite(x), ~valid.unsqueeze(1))
+        x = torch.where(invalid, self.centre, x)
+        x = (x - self.offset) * self.scale
+        if self.clip:
+            x = x.clamp(0.0, 1.0)
+        x = _pad_to_multiple(x, self.pad_multiple)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.dtype is None:
+            logits = self.model(x)
+        else:
+            with torch.autocast(device_type=self.device_type, dtype=self.dtype):
+                logits = self.model(x)
+        if isinstance(logits, (tuple, list)):  # smp with aux_params returns (masks, labels)
+            logits = logits[0]
+        return torch.softmax(logits[:, :, :h, :w].float(), dim=1).contiguous()
 
 
 class _Capture(torch.nn.Module):
-    """Wraps a model for tracing and keeps the output of the pass that traced it."""
+    """Wraps a pass for tracing and keeps the output of the pass that traced it."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, inner: torch.nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.inner = inner
         self.output: Any = None
 
-    def forward(self, x: torch.Tensor) -> Any:
-        self.output = self.model(x)
+    def forward(self, *args: torch.Tensor) -> Any:
+        self.output = self.inner(*args)
         return self.output
