@@ -89,3 +89,44 @@ def test_first_read_tasks_hold_one_pass_per_stream(n: int, streams: int, batch: 
     head = min(n, streams * batch)
     assert all(len(b) <= batch for b in batches[: -(-head // batch)])
     assert all(len(b) <= max(batch, per_read) for b in batches)
+
+
+def test_first_passes_are_read_here_the_rest_by_dask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict's reads: the first pass of each stream by the calling thread (before Dask's cluster
+    starts), every later batch by the cluster's reader threads; all in grid order, as read alone."""
+    import threading
+
+    from geovision.workflows import predict
+    from geovision.workflows.predict import PredictOptions, _Clients, _read, _reads
+
+    info = open_raster(str(_grid_raster(tmp_path / "r.tif", nodata=0)), [1, 2, 3], 3)
+    tiles = TileGrid(info.height, info.width, 128, 32).tiles
+    batches = _read_batches(tiles, 2, 1, 4)
+    readers: list[str] = []
+
+    def noting(*args, **kwargs):
+        readers.append(threading.current_thread().name)
+        return read_tiles(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "read_tiles", noting)
+    clients = _Clients(PredictOptions(rasters=[info.path], model="m.safetensors", out=str(tmp_path / "o.gpkg")))
+    keep = f"run-{uuid.uuid4().hex}"
+    try:
+        got = list(_reads(clients, batches, 2, info, 128, keep, prefetch=2))
+        assert clients._client is not None
+    finally:
+        release(keep)
+        clients.close()
+    monkeypatch.undo()
+    assert [b for b, _ in got] == batches
+    assert readers[:2] == [threading.current_thread().name] * 2
+    assert all(name != threading.current_thread().name for name in readers[2:]) and len(readers) == len(batches)
+    for batch, (read, skipped) in got:
+        alone, alone_skipped = _read(info, 128, None, batch)
+        assert [t.tile for t in read] == [t.tile for t in alone] and skipped == alone_skipped
+        for a, b in zip(read, alone):
+            np.testing.assert_array_equal(a.data, b.data)
+
+    small = _Clients(PredictOptions(rasters=[info.path], model="m.safetensors", out=str(tmp_path / "o.gpkg")))
+    assert len(list(_reads(small, batches[:2], 2, info, 128, keep, prefetch=2))) == 2
+    assert small._client is None  # a raster of one pass per stream never starts a cluster
