@@ -104,11 +104,11 @@ def install_stand_in(outputs: dict[str, np.ndarray], matmuls: int) -> None:
         tiles, valid = self.normalizer.check(tiles, valid)
         if valid is None:
             valid = np.ones((tiles.shape[0], *tiles.shape[2:]), dtype=bool)
-        norm = self.normalizer.tensors(torch.device("cpu"))
+        norm = self._pass  # the real pass's normalisation tensors (CPU)
         recorded = np.stack([outputs[_key(t)] for t in tiles]).view(np.int16)
         with torch.inference_mode():
             probs, _, _ = compiled(torch.from_numpy(np.ascontiguousarray(_torch_readable(tiles))),
-                                   torch.from_numpy(valid), norm["offset"], norm["scale"], norm["centre"], a, b,
+                                   torch.from_numpy(valid), norm.offset, norm.scale, norm.centre, a, b,
                                    matmuls * len(tiles), torch.from_numpy(recorded))
             return probs.numpy()
 

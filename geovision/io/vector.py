@@ -230,11 +230,9 @@ class _StreamWriter:
         first = True
         while (batch := self._queue.get()) is not None:
             yield batch
-            if first:  # GDAL has created the layer and read the option by now
+            if first:  # GDAL has created the layer and read the option by now (_run restores it too)
                 pyogrio.set_gdal_config_options(restore)
                 first = False
-        if first:
-            pyogrio.set_gdal_config_options(restore)
 
     def _run(self, options: dict) -> None:
         restore = {_RTREE_OPTION: pyogrio.get_gdal_config_option(_RTREE_OPTION)}

@@ -26,6 +26,7 @@ import torch
 
 from geovision.models.bundle import BundleConfig
 from geovision.models.predictor import (  # noqa: F401  (resolve_* re-exported for compatibility)
+    Normalizer,
     Precision,
     TilePredictor,
     _pad_to_multiple,
@@ -86,15 +87,15 @@ class SegmentationPredictor(TilePredictor):
             self.pad_multiple = math.lcm(self.pad_multiple, stride)
         #: run a frozen TorchScript graph of the model (see :meth:`_forward`)
         self.graph = (self.device.type == "cpu") if graph is None else graph
-        self._graphs: dict[tuple[int, ...], Any] = {}
+        self._graphs: dict[tuple[tuple[int, ...], str], Any] = {}
         self._graph_lock = threading.Lock()
-        #: what the process-wide graphs of these weights are filed under (input shape added)
-        self._shared_key = ((weights_digest(state_dict), hashlib.sha256(self.normalizer.digest()).hexdigest(),
-                             self.pad_multiple, str(self.dtype), self.channels_last, str(self.device))
+        #: what the process-wide graphs of these weights are filed under (input shape and dtype added)
+        self._shared_key = ((weights_digest(state_dict), self.normalizer.digest(), self.pad_multiple,
+                             str(self.dtype), self.channels_last, str(self.device))
                             if self.graph else None)
         #: the pass the graphs are traced from, and that runs eagerly where there is no graph
-        self._pass = _Pass(self.model, self.normalizer.tensors(self.device), self.normalizer.clip,
-                           self.pad_multiple, self.channels_last, self.dtype, self.device.type).eval()
+        self._pass = _Pass(self.model, self.normalizer, self.device, self.pad_multiple, self.channels_last,
+                           self.dtype).eval()
 
     def _run(self, tiles: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """One pass (:class:`_Pass`) over raw ``tiles`` and ``valid``: through a frozen TorchScript graph where there is one.
@@ -210,14 +211,14 @@ class _Pass(torch.nn.Module):
     (the same numbers).
     """
 
-    def __init__(self, model: torch.nn.Module, norm: dict[str, torch.Tensor], clip: bool, pad_multiple: int,
-                 channels_last: bool, dtype: torch.dtype | None, device_type: str) -> None:
+    def __init__(self, model: torch.nn.Module, normalizer: Normalizer, device: torch.device, pad_multiple: int,
+                 channels_last: bool, dtype: torch.dtype | None) -> None:
         super().__init__()
         self.model = model
-        for name, value in norm.items():
+        for name, value in normalizer.tensors(device).items():
             self.register_buffer(name, value, persistent=False)
-        self.clip, self.pad_multiple, self.channels_last = clip, pad_multiple, channels_last
-        self.dtype, self.device_type = dtype, device_type
+        self.clip, self.pad_multiple, self.channels_last = normalizer.clip, pad_multiple, channels_last
+        self.dtype, self.device_type = dtype, device.type
 
     def forward(self, tiles: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         h, w = int(tiles.shape[-2]), int(tiles.shape[-1])
