@@ -133,8 +133,8 @@ def model_only(raster: Path, bundle: Path, tile: int, overlap: int, batch_size: 
 
 def arch_times(work: Path) -> dict[str, float]:
     """Seconds per 512 px tile (batch of 4, after one warm-up batch) of untrained torchvision detectors."""
-    from geovision.models.bundle import init_bundle
     from geovision.models.detection import DetectionPredictor
+    from geovision.models.registry import init_bundle
 
     rng = np.random.default_rng(0)
     tiles = rng.integers(0, 255, size=(4, 3, 512, 512)).astype(np.uint8)

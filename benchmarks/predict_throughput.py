@@ -78,7 +78,7 @@ def untrained_bundle(path: Path, tile: int = 512) -> Path:
     """The benchmark's model: an untrained U-Net-ResNet18 (3 bands, 2 classes, seed 0)."""
     import torch
 
-    from geovision.models.bundle import init_bundle
+    from geovision.models.registry import init_bundle
 
     torch.manual_seed(0)
     init_bundle(path, arch="unet", encoder="resnet18", bands=3, classes=["background", "object"], tile_size=tile)

@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         provenance = {
             **{k: v for k, v in config.provenance.items() if k not in ("images", "labels", "created_by")},
             "created_by": "scripts/train_sample_detector.py (geovision.workflows.train)",
-            "command": "python scripts/train_sample_detector.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+            "command": "python scripts/train_sample_detector.py "
+                       + shlex.join(argv if argv is not None else sys.argv[1:]),
             "data": "geovision.sample scenes (synthetic, 0.3 m, UTM 36N) with their <stem>.trees.gpkg boxes",
             "train_seeds": seeds,
             "train_scene_size": args.scene_size,

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geovision.models.bundle import Normalization, init_bundle, load_bundle, save_bundle
-from geovision.models.registry import build_model
+from geovision.models.bundle import load_bundle, save_bundle
+from geovision.models.config import Normalization
+from geovision.models.registry import build_model, init_bundle
 from geovision.sample import make_sample_scene, render_scene
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geovision.models.bundle import init_bundle, load_bundle, save_bundle
-from geovision.models.registry import build_model
+from geovision.models.bundle import load_bundle, save_bundle
+from geovision.models.registry import build_model, init_bundle
 
 MEAN, STD = 100.0, 80.0
 DARK, BRIGHT = 30.0, 200.0

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from geovision.models.bundle import init_bundle, load_bundle, save_bundle
+from geovision.models.bundle import load_bundle, save_bundle
+from geovision.models.registry import init_bundle
 
 
 def bright_object_bundle(path: Path, *, bands: int = 3, tile: int = 256, classes=("background", "object"),

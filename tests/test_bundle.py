@@ -1,11 +1,13 @@
-"""Model bundles: round trips, init_bundle, tamper detection, version and file errors."""
+"""Model bundles: round trips, init_bundle, tamper detection (header and weights), versions, file errors."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +16,36 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+from conftest import scene, write_raster
+from models_util import bright_object_bundle
 from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from geovision.cli import main
 from geovision.errors import BundleError, BundleVersionError, ConfigError
 from geovision.models.bundle import (
+    TensorEntry,
+    _buffer_digest,
+    bundle_digest,
+    load_bundle,
+    load_bundle_bytes,
+    read_config,
+    resave_bundle,
+    save_bundle,
+    weights_digest,
+)
+from geovision.models.config import (
     FORMAT_VERSION,
     IMAGENET_MEAN_255,
     IMAGENET_STD_255,
     BundleConfig,
     ClassInfo,
     Normalization,
-    bundle_digest,
     default_colors,
-    init_bundle,
-    load_bundle,
-    read_config,
-    save_bundle,
 )
-from geovision.models.registry import build_model
+from geovision.models.registry import build_model, init_bundle
 from geovision.models.segmentation import SegmentationPredictor
 
 
@@ -66,6 +78,35 @@ def rewrite(path: Path, edit_metadata: Any = None, edit_tensors: Any = None) -> 
     if edit_tensors is not None:
         edit_tensors(tensors)
     save_file(tensors, str(path), metadata=metadata)
+
+
+def layout(path: Path) -> tuple[int, dict[str, dict[str, Any]]]:
+    """``(offset of the data buffer in the file, header entries)`` of a safetensors file."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header.pop("__metadata__", None)
+    return 8 + size, header
+
+
+def sign(metadata: dict[str, str], state: dict[str, torch.Tensor]) -> None:
+    """Give ``metadata`` the digests save_bundle would give it for ``state`` (a valid, hand-made header)."""
+    codes = {torch.float32: "F32", torch.int64: "I64"}
+    metadata["geovision_weights_sha256"] = weights_digest(state)
+    metadata["geovision_sha256"] = bundle_digest(
+        metadata["geovision"], {k: (codes[v.dtype], tuple(v.shape)) for k, v in state.items()},
+        metadata["geovision_weights_sha256"],
+    )
+
+
+def format1_bundle(path: Path, config: BundleConfig, state: dict[str, torch.Tensor]) -> None:
+    """Write a bundle as geovision 0.1.0 wrote format 1: its sha256 covered the config and tensor names and shapes."""
+    config_json = config.model_copy(update={"format_version": 1}).model_dump_json()
+    h = hashlib.sha256(config_json.encode("utf-8"))
+    for name in sorted(state):
+        h.update(b"\x00" + name.encode("utf-8") + b"\x00" + ",".join(str(d) for d in state[name].shape).encode())
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path),
+              metadata={"geovision": config_json, "geovision_format": "1", "geovision_sha256": h.hexdigest()})
 
 
 @pytest.fixture()
@@ -112,10 +153,19 @@ def test_header_is_json_with_format_and_sha(shallow_bundle: tuple[Path, BundleCo
     path, config, state = shallow_bundle
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
-    assert metadata["geovision_format"] == str(FORMAT_VERSION)
+    assert metadata["geovision_format"] == str(FORMAT_VERSION) == "2"
     assert json.loads(metadata["geovision"])["classes"][1]["name"] == "tree"
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    assert metadata["geovision_sha256"] == bundle_digest(metadata["geovision"], shapes)
+    # the weights digest is over the bytes as stored, in name order: recompute it from the file alone
+    start, entries = layout(path)
+    data = path.read_bytes()
+    h = hashlib.sha256()
+    for name in sorted(entries):
+        begin, end = entries[name]["data_offsets"]
+        h.update(json.dumps([name, entries[name]["dtype"], entries[name]["shape"], end - begin]).encode() + b"\n")
+        h.update(data[start + begin : start + end])
+    assert metadata["geovision_weights_sha256"] == h.hexdigest() == weights_digest(state)
+    tensors = {k: (v["dtype"], v["shape"]) for k, v in entries.items()}
+    assert metadata["geovision_sha256"] == bundle_digest(metadata["geovision"], tensors, h.hexdigest())
 
 
 def test_read_config_does_not_import_torch(
@@ -218,6 +268,144 @@ def test_swapped_tensors_are_detected(shallow_bundle: tuple[Path, BundleConfig, 
         load_bundle(path)
 
 
+def flip_byte(path: Path, name: str, at: float = 0.5) -> None:
+    """Flip every bit of one byte of tensor ``name``'s value, in place (``at``: where in the tensor's bytes)."""
+    start, entries = layout(path)
+    begin, end = entries[name]["data_offsets"]
+    data = bytearray(path.read_bytes())
+    data[start + begin + int((end - begin - 1) * at)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_changed_weight_byte_is_refused(shallow_bundle: tuple[Path, BundleConfig, dict[str, torch.Tensor]]) -> None:
+    path, config, state = shallow_bundle
+    original = path.read_bytes()
+    for name in sorted(state):
+        for at in (0.0, 0.5, 1.0):
+            path.write_bytes(original)
+            flip_byte(path, name, at)
+            for load in (load_bundle, lambda p: load_bundle_bytes(p.read_bytes(), str(p))):
+                with pytest.raises(BundleError, match="modified or corrupted") as info:
+                    load(path)
+                message = str(info.value)
+                assert str(path) in message and "export or train the bundle again" in message
+            assert read_config(path) == config  # the header alone is intact: reading it does not hash weights
+
+
+def test_swapped_weight_values_are_refused(tmp_path: Path) -> None:
+    """Two tensors of one shape and dtype swapping values: the header's names, dtypes and shapes are unchanged."""
+    config = make_config(arch_params={"depth": 3, "width": 4})
+    state = build_model(config).state_dict()
+    path = tmp_path / "m.safetensors"
+    save_bundle(path, config, state)
+
+    def swap(tensors: dict[str, torch.Tensor]) -> None:
+        a, b = "features.2.weight", "features.4.weight"
+        assert tensors[a].shape == tensors[b].shape and not torch.equal(tensors[a], tensors[b])
+        tensors[a], tensors[b] = tensors[b], tensors[a]
+
+    rewrite(path, edit_tensors=swap)
+    assert read_config(path) == config
+    with pytest.raises(BundleError, match="modified or corrupted"):
+        load_bundle(path)
+
+
+def test_changed_dtype_is_refused(shallow_bundle: tuple[Path, BundleConfig, dict[str, torch.Tensor]]) -> None:
+    path, _, _ = shallow_bundle
+
+    def as_int32(tensors: dict[str, torch.Tensor]) -> None:
+        name = sorted(tensors)[0]
+        tensors[name] = tensors[name].view(torch.int32)  # same bytes, another dtype
+
+    rewrite(path, edit_tensors=as_int32)
+    for reader in (read_config, load_bundle):
+        with pytest.raises(BundleError, match="header was modified"):
+            reader(path)
+
+
+def test_predict_command_refuses_a_changed_bundle(tmp_path: Path) -> None:
+    bundle = bright_object_bundle(tmp_path / "m.safetensors")
+    raster = write_raster(tmp_path / "s.tif", scene(64, 64)[0])
+    flip_byte(bundle, "head.weight")
+    result = CliRunner().invoke(main, ["predict", str(raster), "-m", str(bundle), "-o", str(tmp_path / "o.gpkg"),
+                                       "--quiet"])
+    assert result.exit_code != 0
+    assert "modified or corrupted" in result.output and str(bundle) in result.output
+    assert not (tmp_path / "o.gpkg").exists()
+
+
+def test_weights_digest_of_50_mb_is_fast(tmp_path: Path) -> None:
+    """Checking the weights of a 52 MB bundle hashes its data buffer as stored: 0.09 s on a 2-vCPU Xeon."""
+    config = make_config()
+    state = {**build_model(config).state_dict(), "big": torch.arange(13_000_000, dtype=torch.float32)}
+    path = tmp_path / "big.safetensors"
+    save_bundle(path, config, state)
+    assert path.stat().st_size > 50_000_000
+    start, entries = layout(path)
+    data = path.read_bytes()
+    parsed = {k: TensorEntry(v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for k, v in entries.items()}
+    t0 = time.perf_counter()
+    digest = _buffer_digest(parsed, memoryview(data)[start:])
+    assert time.perf_counter() - t0 < 0.5
+    assert digest == read_config_metadata(path)["geovision_weights_sha256"]
+
+
+def read_config_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata())
+
+
+# --- format 1 ---------------------------------------------------------------------
+
+
+def test_format1_bundle_is_refused_and_resaved(
+    shallow_bundle: tuple[Path, BundleConfig, dict[str, torch.Tensor]],
+) -> None:
+    _, config, state = shallow_bundle
+    old = shallow_bundle[0].parent / "old.safetensors"
+    format1_bundle(old, config, state)
+    for reader in (read_config, load_bundle):
+        with pytest.raises(BundleVersionError) as info:
+            reader(old)
+        message = str(info.value)
+        assert str(old) in message and "format 1" in message and "does not cover the weight values" in message
+        assert "geovision model upgrade OLD.safetensors --out NEW.safetensors" in message
+        assert "resave_bundle" in message
+
+    new = old.parent / "new.safetensors"
+    assert resave_bundle(old, new) == config
+    loaded, tensors = load_bundle(new)
+    assert loaded == config and loaded.format_version == FORMAT_VERSION
+    assert tensors.keys() == state.keys() and all(torch.equal(tensors[k], state[k]) for k in state)
+    assert resave_bundle(old, old) == config  # in place
+    assert load_bundle(old)[0] == config
+    assert resave_bundle(new, new) == config  # a current bundle: checked and written again
+    assert sorted(p.name for p in old.parent.iterdir()) == ["new.safetensors", "old.safetensors", "shallow.safetensors"]
+
+
+def test_resave_refuses_edited_bundles(shallow_bundle: tuple[Path, BundleConfig, dict[str, torch.Tensor]]) -> None:
+    path, config, state = shallow_bundle
+    old = path.parent / "old.safetensors"
+    format1_bundle(old, config, state)
+
+    def rename_class(metadata: dict[str, str]) -> None:
+        edited = json.loads(metadata["geovision"])
+        edited["classes"][1]["name"] = "forest"
+        metadata["geovision"] = json.dumps(edited)
+
+    rewrite(old, rename_class)
+    with pytest.raises(BundleError, match="header was modified"):
+        resave_bundle(old, path.parent / "x.safetensors")
+    flip_byte(path, sorted(state)[0])
+    with pytest.raises(BundleError, match="modified or corrupted"):
+        resave_bundle(path, path.parent / "x.safetensors")
+    assert not (path.parent / "x.safetensors").exists()
+    future = path.parent / "future.safetensors"
+    save_file({"w": torch.zeros(1)}, str(future), metadata={"geovision": "{}", "geovision_format": "3"})
+    with pytest.raises(BundleVersionError, match="Upgrade geovision"):
+        resave_bundle(future, path.parent / "x.safetensors")
+
+
 def test_unknown_format_version(shallow_bundle: tuple[Path, BundleConfig, dict[str, torch.Tensor]]) -> None:
     path, _, state = shallow_bundle
 
@@ -226,7 +414,7 @@ def test_unknown_format_version(shallow_bundle: tuple[Path, BundleConfig, dict[s
         config["format_version"] = 99
         metadata["geovision"] = json.dumps(config)
         metadata["geovision_format"] = "99"
-        metadata["geovision_sha256"] = bundle_digest(metadata["geovision"], {k: v.shape for k, v in state.items()})
+        sign(metadata, state)
 
     rewrite(path, future_version)
     with pytest.raises(BundleVersionError) as info:
@@ -246,7 +434,7 @@ def test_invalid_config_with_valid_sha_lists_fields(
         config["tile_size"] = 50
         config["classes"][0]["color"] = "red"
         metadata["geovision"] = json.dumps(config)
-        metadata["geovision_sha256"] = bundle_digest(metadata["geovision"], {k: v.shape for k, v in state.items()})
+        sign(metadata, state)
 
     rewrite(path, break_config)
     with pytest.raises(BundleError, match="invalid geovision configuration") as info:
@@ -344,8 +532,6 @@ def test_default_colors() -> None:
 
 
 def test_load_bundle_bytes_matches_file(tmp_path) -> None:
-    from geovision.models.bundle import init_bundle, load_bundle, load_bundle_bytes
-
     path = tmp_path / "b.safetensors"
     init_bundle(path, arch="shallow", bands=3, classes=["background", "thing"])
     config, state = load_bundle(path)

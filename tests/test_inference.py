@@ -10,7 +10,8 @@ import torch
 from test_models import make_config, random_tiles, trained_like_unet
 
 from geovision.errors import ConfigError
-from geovision.models.bundle import Normalization
+from geovision.models.bundle import weights_digest
+from geovision.models.config import Normalization
 from geovision.models.inference import (
     MAX_CPU_STREAMS,
     InferencePlan,
@@ -18,11 +19,7 @@ from geovision.models.inference import (
     plan_inference,
 )
 from geovision.models.registry import build_model
-from geovision.models.segmentation import (
-    SegmentationPredictor,
-    clear_graph_cache,
-    weights_digest,
-)
+from geovision.models.segmentation import SegmentationPredictor, clear_graph_cache
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +226,7 @@ def test_predictor_of_an_unchanged_bundle_file_is_kept(tmp_path) -> None:
     from models_util import bright_object_bundle
 
     from geovision.models.bundle import load_bundle
-    from geovision.models.predictor import clear_shared_predictor, shared_predictor
+    from geovision.models.factory import clear_shared_predictor, shared_predictor
 
     path = bright_object_bundle(tmp_path / "m.safetensors")
     config, state = load_bundle(path)
@@ -251,19 +248,19 @@ def test_predictor_of_an_unchanged_bundle_file_is_kept(tmp_path) -> None:
 
 def test_read_batches_split_into_passes_in_grid_order() -> None:
     """predict reads several tiles per Dask task and splits them into forward passes, skipped tiles in place."""
+    from geovision.engine.reading import passes
     from geovision.tiling.grid import TileGrid
     from geovision.tiling.reader import TileData
-    from geovision.workflows.predict import _passes
 
     tiles = TileGrid(64, 160, 32, 0).tiles[:5]
     skipped = [tiles[1], tiles[4]]
     read = [TileData(t, np.zeros((1, 32, 32)), np.ones((32, 32), bool)) for t in tiles if t not in skipped]
-    parts = list(_passes(tiles, read, skipped, 2))
+    parts = list(passes(tiles, read, skipped, 2))
     assert [[t.index for t in p] for p, _, _ in parts] == [[t.index for t in tiles[:3]], [t.index for t in tiles[3:]]]
     assert [[d.tile.index for d in r] for _, r, _ in parts] == [[tiles[0].index, tiles[2].index], [tiles[3].index]]
     assert [[t.index for t in s] for _, _, s in parts] == [[tiles[1].index], [tiles[4].index]]
     # every tile skipped: one part with nothing to read
-    assert [(len(p), len(r), len(s)) for p, r, s in _passes(tiles, [], tiles, 2)] == [(5, 0, 5)]
+    assert [(len(p), len(r), len(s)) for p, r, s in passes(tiles, [], tiles, 2)] == [(5, 0, 5)]
 
 
 def test_local_reader_cluster_is_quiet_and_private() -> None:
@@ -283,7 +280,8 @@ def test_local_reader_cluster_is_quiet_and_private() -> None:
         client.cluster.close()
 
 
-def reference_probabilities(predictor: SegmentationPredictor, tiles: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+def reference_probabilities(predictor: SegmentationPredictor, tiles: np.ndarray,
+                            valid: np.ndarray | None) -> np.ndarray:
     """What a pass must give: numpy's normalisation, the eager model in float32, softmax."""
     x = torch.from_numpy(predictor.normalize(tiles, valid))
     with torch.inference_mode():

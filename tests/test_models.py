@@ -14,12 +14,9 @@ import pytest
 import torch
 
 from geovision.errors import BundleError, ConfigError, TaskMismatchError
-from geovision.models.bundle import (
-    BundleConfig,
-    Normalization,
-    default_colors,
-    save_bundle,
-)
+from geovision.models.bundle import save_bundle
+from geovision.models.config import BundleConfig, Normalization, default_colors
+from geovision.models.predictor import resolve_device, resolve_precision
 from geovision.models.registry import (
     ShallowNet,
     build_model,
@@ -27,11 +24,7 @@ from geovision.models.registry import (
     list_encoders,
     load_weights,
 )
-from geovision.models.segmentation import (
-    SegmentationPredictor,
-    resolve_device,
-    resolve_precision,
-)
+from geovision.models.segmentation import SegmentationPredictor
 
 REPO = Path(__file__).parents[1]
 

@@ -5,9 +5,8 @@ waits for all of them at the end of every operation. Two things follow on a
 small machine:
 
 * Two single-threaded forward passes side by side get through more tiles per
-  second than one pass spread over two threads (U-Net-ResNet18, 512 px tiles,
-  2-vCPU Xeon: 0.22-0.24 s per tile against 0.28-0.33 s), because each pass
-  does without the per-operation barriers.
+  second than one pass spread over two threads, because each pass does without
+  the per-operation barriers.
 * When other work (reading tiles, stitching blocks) takes a core, a pass split
   over both cores stalls at every barrier until it gets the core back; of two
   independent passes only the one that lost the core slows down.
@@ -147,7 +146,7 @@ class InferencePool:
         """
         if self._executor is None:
             raise RuntimeError("use InferencePool as a context manager: `with InferencePool(...) as pool:`")
-        pending: deque[tuple[K, Future | None]] = deque()
+        pending: deque[tuple[K, Future[Any] | None]] = deque()
         for key, tiles, valid in items:
             future = None if tiles is None else self._executor.submit(self.predictor.predict, tiles, valid)
             pending.append((key, future))
@@ -157,7 +156,7 @@ class InferencePool:
             yield _result(pending.popleft())
 
 
-def _result(entry: tuple[K, Future | None]) -> tuple[K, Any]:
+def _result(entry: tuple[K, Future[Any] | None]) -> tuple[K, Any]:
     key, future = entry
     return key, None if future is None else future.result()
 

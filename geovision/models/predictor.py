@@ -4,8 +4,9 @@ A predictor knows nothing of rasters on disk: the tile reader hands it
 ``(N, bands, rows, cols)`` arrays of raw values plus a validity mask; the
 task's subclass (:class:`~geovision.models.segmentation.SegmentationPredictor`,
 :class:`~geovision.models.detection.DetectionPredictor`) runs the model and
-returns what its stitcher needs. :func:`make_predictor` picks the subclass from
-the bundle's task.
+returns what its stitcher needs. This base knows none of its subclasses:
+:func:`geovision.models.factory.make_predictor` picks the subclass from the
+bundle's task.
 """
 
 from __future__ import annotations
@@ -13,22 +14,31 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import threading
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from geovision.errors import ConfigError, TaskMismatchError
-from geovision.models.bundle import BundleConfig, load_bundle
+from geovision.models.bundle import load_bundle
+from geovision.models.config import BundleConfig
 from geovision.models.registry import build_loaded_model
 
-__all__ = ["Normalizer", "Precision", "TilePredictor", "clear_shared_predictor", "make_predictor", "resolve_device",
-           "resolve_precision", "shared_predictor"]
+__all__ = [
+    "Normalizer",
+    "Precision",
+    "TilePredictor",
+    "cpu_has_native_bf16",
+    "pad_to_multiple",
+    "resolve_device",
+    "resolve_precision",
+]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+_P = TypeVar("_P", bound="TilePredictor")
 
 
 def resolve_device(device: Literal["auto", "cpu", "cuda"] | str | torch.device = "auto") -> torch.device:
@@ -82,8 +92,7 @@ def cpu_has_native_bf16() -> bool:
     """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX), not by emulation.
 
     oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also says yes for
-    plain AVX-512, where bf16 is emulated and about twice as slow as float32 (measured on a
-    2-vCPU Xeon: a 1024 px predict 10.6-15.3 s in bf16, 5.0 s in fp32). On Linux the CPU
+    plain AVX-512, where bf16 is emulated and slower than float32. On Linux the CPU
     flags decide; elsewhere oneDNN's answer is taken.
     """
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
@@ -195,7 +204,7 @@ class TilePredictor:
         self.normalizer = Normalizer(config)
 
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike[str], **kwargs: Any) -> Any:
+    def from_bundle(cls: type[_P], path: str | os.PathLike[str], **kwargs: Any) -> _P:
         """Load a bundle file and build a predictor (keyword arguments as ``__init__``)."""
         config, state_dict = load_bundle(path)
         kwargs.setdefault("source", str(path))
@@ -213,7 +222,7 @@ class TilePredictor:
         """Raw tile values to model input (see :class:`Normalizer`)."""
         return self.normalizer(tiles, valid)
 
-    def autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast at :attr:`dtype` on :attr:`device`, or nothing for float32."""
         if self.dtype is None:
             return contextlib.nullcontext()
@@ -306,52 +315,7 @@ class Normalizer:
         return x
 
 
-def make_predictor(config: BundleConfig, state_dict: Mapping[str, torch.Tensor], **kwargs: Any) -> TilePredictor:
-    """The predictor for the bundle's task (keyword arguments as :class:`TilePredictor`)."""
-    if config.task == "detection":
-        from geovision.models.detection import DetectionPredictor
-
-        return DetectionPredictor(config, state_dict, **kwargs)
-    from geovision.models.segmentation import SegmentationPredictor
-
-    return SegmentationPredictor(config, state_dict, **kwargs)
-
-
-#: the predictor of the bundle file used last, kept for the process: ``(file identity, options) -> predictor``
-_KEPT_PREDICTOR: dict[tuple, TilePredictor] = {}
-_kept_lock = threading.Lock()
-
-
-def shared_predictor(path: str | os.PathLike[str], config: BundleConfig, state_dict: Mapping[str, torch.Tensor],
-                     **kwargs: Any) -> TilePredictor:
-    """:func:`make_predictor` for the bundle file at ``path``, kept for the process.
-
-    A second call for the same file, unchanged (same inode, size and modification
-    time), with the same keyword arguments returns the same predictor instead of
-    building the model again (``geovision.predict`` in a loop over rasters: a
-    U-Net-ResNet18 takes 0.15 s to build, its frozen graph comes with it). Only the
-    last one is kept. Predictors are safe to share between threads.
-    """
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, tuple(sorted(kwargs.items())))
-    with _kept_lock:
-        found = _KEPT_PREDICTOR.get(key)
-    if found is not None:
-        return found
-    predictor = make_predictor(config, state_dict, **kwargs)
-    with _kept_lock:
-        _KEPT_PREDICTOR.clear()
-        _KEPT_PREDICTOR[key] = predictor
-    return predictor
-
-
-def clear_shared_predictor() -> None:
-    """Forget the predictor kept by :func:`shared_predictor`."""
-    with _kept_lock:
-        _KEPT_PREDICTOR.clear()
-
-
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Pad ``(N, B, H, W)`` at the bottom/right so H and W are multiples of ``multiple``.
 
     Reflect padding where the tile is large enough, else edge replication.

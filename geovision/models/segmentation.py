@@ -3,50 +3,48 @@
 Device, precision, weights and normalisation come from
 :class:`~geovision.models.predictor.TilePredictor`; this subclass runs one pass
 (:class:`_Pass`: normalisation, padding to the encoder's stride, the model,
-softmax) and returns probabilities for the stitcher. On
-CPU, channels-last memory format with bfloat16 autocast made a
-U-Net/ResNet-18 forward pass about 3-4x faster than plain float32 on an
-AVX512-BF16 machine, so ``precision="auto"`` picks bf16 wherever the hardware
-supports it.
+softmax) and returns probabilities for the stitcher. On a CPU that computes
+bfloat16 natively, channels-last with bf16 autocast is several times faster than
+float32, so ``precision="auto"`` picks bf16 wherever the hardware supports it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Hashable, Mapping
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 
-from geovision.models.bundle import BundleConfig
-from geovision.models.predictor import (  # noqa: F401  (resolve_* re-exported for compatibility)
-    Normalizer,
-    Precision,
-    TilePredictor,
-    _pad_to_multiple,
-    resolve_device,
-    resolve_precision,
-)
+from geovision.models.bundle import weights_digest
+from geovision.models.config import BundleConfig
+from geovision.models.predictor import Normalizer, TilePredictor, pad_to_multiple
 from geovision.models.registry import ShallowNet
 
-__all__ = ["SegmentationPredictor", "clear_graph_cache", "resolve_device", "resolve_precision", "weights_digest"]
+__all__ = ["SegmentationPredictor", "clear_graph_cache"]
 
 log = logging.getLogger(__name__)
 
 _SMP_DIVISOR = 32
 """smp models want input height and width divisible by this (the encoder's output stride)."""
 
+
+class _Graph(Protocol):
+    """A pass as a frozen TorchScript graph: ``(tiles, valid) -> probabilities``, as :class:`_Pass`."""
+
+    def __call__(self, tiles: torch.Tensor, valid: torch.Tensor) -> torch.Tensor: ...
+
+
 #: frozen graphs kept for the whole process, so that a second predictor of the same weights
 #: (a second ``geovision.predict`` call in a loop over rasters) does not trace again:
 #: ``(weights digest, precision, channels_last, device, input shape) -> graph``, least recently
-#: used dropped first (a U-Net-ResNet18 graph holds its own 57 MB of folded fp32 weights)
-_SHARED_GRAPHS: OrderedDict[tuple, Any] = OrderedDict()
+#: used dropped first (a graph holds its own copy of the folded weights)
+_SHARED_GRAPHS: OrderedDict[tuple[Hashable, ...], _Graph] = OrderedDict()
 _SHARED_GRAPHS_MAX = 2
 _shared_lock = threading.Lock()
 
@@ -55,17 +53,6 @@ def clear_graph_cache() -> None:
     """Forget the frozen graphs kept for the process (each predictor keeps its own)."""
     with _shared_lock:
         _SHARED_GRAPHS.clear()
-
-
-def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over the tensors' names, dtypes, shapes and bytes (57 MB of U-Net-ResNet18: 0.04 s)."""
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach()
-        h.update(f"{name}\x00{t.dtype}\x00{tuple(t.shape)}\x00".encode())
-        if t.numel():
-            h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
 
 
 class SegmentationPredictor(TilePredictor):
@@ -87,7 +74,7 @@ class SegmentationPredictor(TilePredictor):
             self.pad_multiple = math.lcm(self.pad_multiple, stride)
         #: run a frozen TorchScript graph of the model (see :meth:`_forward`)
         self.graph = (self.device.type == "cpu") if graph is None else graph
-        self._graphs: dict[tuple[tuple[int, ...], str], Any] = {}
+        self._graphs: dict[tuple[tuple[int, ...], str], _Graph] = {}
         self._graph_lock = threading.Lock()
         #: what the process-wide graphs of these weights are filed under (input shape and dtype added)
         self._shared_key = ((weights_digest(state_dict), self.normalizer.digest(), self.pad_multiple,
@@ -98,38 +85,36 @@ class SegmentationPredictor(TilePredictor):
                            self.dtype).eval()
 
     def _run(self, tiles: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """One pass (:class:`_Pass`) over raw ``tiles`` and ``valid``: through a frozen TorchScript graph where there is one.
+        """One pass (:class:`_Pass`) over raw ``tiles`` and ``valid``, through a frozen TorchScript graph if any.
 
         In a graph the whole pass (normalisation, model, softmax) runs in C++ without
         Python's GIL, so passes on several threads do not queue behind each other, or
-        behind reading and stitching, at every layer (U-Net-ResNet18, two passes beside a
-        busy Python thread on 2 cores: 0.37 s per tile as a graph, 0.62 s eager), and a
+        behind reading and stitching, at every layer, and a
         pass takes the GIL back once, not after each of a dozen numpy and torch steps
         around the model. Freezing also folds batch norms into the convolutions. A graph
         is traced once per input shape and dtype (smp's decoders size their upsampling
         from the input); the tracing pass's own output is this batch's result, so
         tracing costs no extra pass. While one thread traces, others run eagerly rather
         than wait. Traced under bf16 autocast, the graph keeps autocast's casts and
-        freezing casts the weights once, not at every pass (AVX512-BF16 EPYC, two passes
-        on 2 cores: 53 ms per tile against 88 ms eager; batch norms folded into bf16
-        weights leave it as close to float32 as eager bf16). Graphs are also kept for
+        freezing casts the weights once, not at every pass. Graphs are also kept for
         the process (:data:`_SHARED_GRAPHS`, by a digest of the weights and the
         normalisation), so another predictor of the same weights, precision and device
-        does not trace again (tracing adds 0.4 s to a 512 px fp32 pass on one core).
+        does not trace again.
         Where tracing fails, or ``graph`` is off (the default on GPUs), the pass runs
         eagerly.
         """
         if not self.graph:
-            return self._pass(tiles, valid)
+            return self._eager(tiles, valid)
         key = (tuple(tiles.shape), str(tiles.dtype))
         found = self._graphs.get(key)
         if found is not None:
             return found(tiles, valid)
         if not self._graph_lock.acquire(blocking=False):
-            return self._pass(tiles, valid)
+            return self._eager(tiles, valid)
         try:
             if key in self._graphs:
                 return self._graphs[key](tiles, valid)
+            assert self._shared_key is not None  # set whenever graphs are on
             shared_key = (*self._shared_key, key)
             with _shared_lock:
                 found = _SHARED_GRAPHS.get(shared_key)
@@ -141,19 +126,25 @@ class SegmentationPredictor(TilePredictor):
             capture = _Capture(self._pass).eval()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit is deprecated, but still the GIL-free way
-                traced = torch.jit.trace(capture, (tiles, valid), check_trace=False)
+                traced = torch.jit.trace(capture, (tiles, valid), check_trace=False)  # type: ignore[no-untyped-call]
                 self._graphs[key] = torch.jit.freeze(traced)
             with _shared_lock:
                 _SHARED_GRAPHS[shared_key] = self._graphs[key]
                 while len(_SHARED_GRAPHS) > _SHARED_GRAPHS_MAX:
                     _SHARED_GRAPHS.popitem(last=False)
-            return capture.output
+            probs: torch.Tensor = capture.output
+            return probs
         except Exception as exc:  # noqa: BLE001  (any failure: run eagerly, as before)
             log.info("running %s eagerly: tracing failed (%s)", type(self.model).__name__, exc)
             self.graph = False
-            return self._pass(tiles, valid)
+            return self._eager(tiles, valid)
         finally:
             self._graph_lock.release()
+
+    def _eager(self, tiles: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The pass without a graph."""
+        probs: torch.Tensor = self._pass(tiles, valid)
+        return probs
 
     def predict(self, tiles: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Per-class probabilities for a batch of tiles.
@@ -211,6 +202,11 @@ class _Pass(torch.nn.Module):
     (the same numbers).
     """
 
+    #: ``(1, B, 1, 1)`` float32 buffers: ``y = (x - offset) * scale``, invalid pixels first set to ``centre``
+    offset: torch.Tensor
+    scale: torch.Tensor
+    centre: torch.Tensor
+
     def __init__(self, model: torch.nn.Module, normalizer: Normalizer, device: torch.device, pad_multiple: int,
                  channels_last: bool, dtype: torch.dtype | None) -> None:
         super().__init__()
@@ -228,7 +224,7 @@ class _Pass(torch.nn.Module):
         x = (x - self.offset) * self.scale
         if self.clip:
             x = x.clamp(0.0, 1.0)
-        x = _pad_to_multiple(x, self.pad_multiple)
+        x = pad_to_multiple(x, self.pad_multiple)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.dtype is None:

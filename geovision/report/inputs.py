@@ -390,7 +390,7 @@ def _class_ids(summary: Mapping[str, Any] | None, layers: Sequence[Layer]) -> tu
 
 
 def _palette(n: int) -> list[str]:
-    from geovision.models.bundle import default_colors
+    from geovision.models.config import default_colors
 
     return default_colors(n + 1)[1:]  # the first is black, for a background
 

@@ -84,7 +84,7 @@ def write_report(vector_path: str | os.PathLike[str], out_html: str | os.PathLik
 
 def render(inputs: Inputs, *, title: str | None = None) -> str:
     """The HTML page for ``inputs`` (see :func:`geovision.report.inputs.collect`)."""
-    from geovision import __version__
+    from geovision._version import __version__
 
     workflow = inputs.summary.get("workflow") if inputs.summary else None
     title = title or f"geovision{' ' + str(workflow) if workflow else ''} report: {inputs.vector_path.name}"
@@ -393,8 +393,8 @@ def _run(inputs: Inputs) -> str:
             rows.append((key, value))
         elif isinstance(value, dict):
             rows += [(f"{key}.{k}", v) for k, v in value.items()
-                     if isinstance(v, (int, float, str, bool)) or (isinstance(v, list) and len(v) <= 8
-                                                                   and all(isinstance(x, (int, float, str)) for x in v))]
+                     if isinstance(v, (int, float, str, bool))
+                     or (isinstance(v, list) and len(v) <= 8 and all(isinstance(x, (int, float, str)) for x in v))]
     out = ['<div class="gv-card" id="run"><h2>Run</h2>', _kv_table([(k, _short(v)) for k, v in rows[:60]])]
     entries = summary.get("inputs")
     if isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries):
