@@ -49,18 +49,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from geovision.models.bundle import init_bundle, load_bundle
+    from geovision.engine.pipeline import heap_frozen
+    from geovision.engine.segmentation import RasterFiles, segmentation_consumer
+    from geovision.engine.sinks import RunLayers
+    from geovision.models.bundle import load_bundle
+    from geovision.models.registry import init_bundle
     from geovision.models.segmentation import SegmentationPredictor
     from geovision.tiling.grid import TileGrid
     from geovision.tiling.reader import open_raster, read_tiles
     from geovision.tiling.stream import batched
-    from geovision.workflows.predict import (
-        PredictOptions,
-        RasterRun,
-        _heap_frozen,
-        _segmentation_consumer,
-        _Sinks,
-    )
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gv-stitch-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -87,20 +84,17 @@ def main(argv: list[str] | None = None) -> dict:
         out.mkdir(exist_ok=True)
         for f in out.glob("*"):
             f.unlink()
-        opts = PredictOptions(rasters=[str(raster)], model=str(bundle), out=str(out / "s.gpkg"),
-                              overlap=args.overlap)
-        run = RasterRun(info, out / "s.classes.tif", None)
-        cogs = {run.classes_path: (out / "s.cog.tif", out / "s.scratch.tif")}
-        sinks = _Sinks.open(out / "s.scratch.gpkg", config, info.crs, False)
-        with _heap_frozen():  # as predict runs it
+        layers = RunLayers.open(out / "s.scratch.gpkg", config, info.crs)
+        with heap_frozen():  # as predict runs it
             t0 = time.perf_counter()
-            consumer = _segmentation_consumer(run, grid, config, opts, cogs, sinks.main)
+            consumer = segmentation_consumer(info, grid, config, layers.main, overlap=args.overlap,
+                                             classes=RasterFiles(out / "s.cog.tif", out / "s.scratch.tif"))
             for tile, probs, valid in outputs:
                 consumer.add(tile, probs, valid)
             consumer.finish()
             consumer.close()
-            sinks.close(None)
-            return time.perf_counter() - t0, sinks.main.count
+            layers.close()
+            return time.perf_counter() - t0, layers.main.count
 
     stitch()  # warm-up: imports, first allocations
     times = []

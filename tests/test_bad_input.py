@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import scene, write_raster
+from models_util import bright_object_bundle
+
 from geovision.errors import (
     BandMismatchError,
     BundleError,
@@ -22,7 +23,6 @@ from geovision.errors import (
     RasterReadError,
 )
 from geovision.workflows.predict import predict
-from models_util import bright_object_bundle
 
 
 @pytest.fixture

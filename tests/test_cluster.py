@@ -8,10 +8,10 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-
 from conftest import scene, write_raster
-from geovision.workflows.predict import predict
 from models_util import bright_object_bundle
+
+from geovision.workflows.predict import predict
 
 
 @pytest.mark.slow
@@ -42,7 +42,6 @@ def test_local_cluster_equals_local_run(tmp_path: Path) -> None:
 def test_local_cluster_detection_equals_local_run(tmp_path: Path, square_detector: Path) -> None:
     """Workers read and detect; the client merges: the same boxes, scores and counts as locally."""
     from distributed import LocalCluster
-
     from test_detect import OVERLAP, TILE, seam_scene
 
     img, truth = seam_scene(400, 450, seed=5)

@@ -19,9 +19,9 @@ from models_util import bright_object_bundle
 import geovision
 from geovision.cli import main
 from geovision.errors import TaskMismatchError, VectorContentError, VectorReadError
-from geovision.models.bundle import init_bundle, load_bundle
+from geovision.models.bundle import load_bundle
 from geovision.models.detection import DetectionPredictor
-from geovision.models.registry import build_model
+from geovision.models.registry import build_model, init_bundle
 from geovision.tiling.grid import TileGrid
 
 TILE, OVERLAP = 128, 32

@@ -10,11 +10,11 @@ import pyogrio
 import pytest
 import rasterio
 from affine import Affine
+from conftest import scene, write_raster
+from models_util import bright_object_bundle
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-from conftest import scene, write_raster
 from geovision.workflows.predict import predict
-from models_util import bright_object_bundle
 
 
 @pytest.fixture
@@ -166,8 +166,8 @@ def test_vrt_input(tmp_path: Path, bundle: Path) -> None:
     tif = write_raster(tmp_path / "base.tif", img)
     vrt = tmp_path / "base.vrt"
     with rasterio.open(tif) as ds:
-        from rasterio.vrt import WarpedVRT
         from rasterio.shutil import copy
+        from rasterio.vrt import WarpedVRT
 
         with WarpedVRT(ds) as v:
             copy(v, vrt, driver="VRT")

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from conftest import write_raster
 
+from geovision.engine.cluster import Clients
+from geovision.engine.reading import read, read_batches, reads
 from geovision.tiling import reader
 from geovision.tiling.grid import TileGrid
 from geovision.tiling.reader import open_raster, read_tiles, release
-from geovision.workflows.predict import _read_batches
 
 
 def _grid_raster(path: Path, *, nodata: float | None = None, mask: np.ndarray | None = None) -> Path:
@@ -84,7 +85,7 @@ def test_reads_after_release_open_their_own(tmp_path: Path) -> None:
                          [(81, 2, 1, 4), (3, 4, 1, 4), (30, 2, 3, 4), (0, 2, 1, 4)])
 def test_first_read_tasks_hold_one_pass_per_stream(n: int, streams: int, batch: int, per_read: int) -> None:
     tiles = list(range(n))
-    batches = _read_batches(tiles, streams, batch, per_read)
+    batches = read_batches(tiles, streams, batch, per_read)
     assert [t for b in batches for t in b] == tiles
     head = min(n, streams * batch)
     assert all(len(b) <= batch for b in batches[: -(-head // batch)])
@@ -96,23 +97,22 @@ def test_first_passes_are_read_here_the_rest_by_dask(tmp_path: Path, monkeypatch
     starts), every later batch by the cluster's reader threads; all in grid order, as read alone."""
     import threading
 
-    from geovision.workflows import predict
-    from geovision.workflows.predict import PredictOptions, _Clients, _read, _reads
+    from geovision.engine import reading
 
     info = open_raster(str(_grid_raster(tmp_path / "r.tif", nodata=0)), [1, 2, 3], 3)
     tiles = TileGrid(info.height, info.width, 128, 32).tiles
-    batches = _read_batches(tiles, 2, 1, 4)
+    batches = read_batches(tiles, 2, 1, 4)
     readers: list[str] = []
 
     def noting(*args, **kwargs):
         readers.append(threading.current_thread().name)
         return read_tiles(*args, **kwargs)
 
-    monkeypatch.setattr(predict, "read_tiles", noting)
-    clients = _Clients(PredictOptions(rasters=[info.path], model="m.safetensors", out=str(tmp_path / "o.gpkg")))
+    monkeypatch.setattr(reading, "read_tiles", noting)
+    clients = Clients()
     keep = f"run-{uuid.uuid4().hex}"
     try:
-        got = list(_reads(clients, batches, 2, info, 128, keep, prefetch=2))
+        got = list(reads(clients.get, batches, 2, info, 128, keep, prefetch=2))
         assert clients._client is not None
     finally:
         release(keep)
@@ -121,12 +121,12 @@ def test_first_passes_are_read_here_the_rest_by_dask(tmp_path: Path, monkeypatch
     assert [b for b, _ in got] == batches
     assert readers[:2] == [threading.current_thread().name] * 2
     assert all(name != threading.current_thread().name for name in readers[2:]) and len(readers) == len(batches)
-    for batch, (read, skipped) in got:
-        alone, alone_skipped = _read(info, 128, None, batch)
-        assert [t.tile for t in read] == [t.tile for t in alone] and skipped == alone_skipped
-        for a, b in zip(read, alone):
+    for batch, (done, skipped) in got:
+        alone, alone_skipped = read(info, 128, None, batch)
+        assert [t.tile for t in done] == [t.tile for t in alone] and skipped == alone_skipped
+        for a, b in zip(done, alone):
             np.testing.assert_array_equal(a.data, b.data)
 
-    small = _Clients(PredictOptions(rasters=[info.path], model="m.safetensors", out=str(tmp_path / "o.gpkg")))
-    assert len(list(_reads(small, batches[:2], 2, info, 128, keep, prefetch=2))) == 2
+    small = Clients()
+    assert len(list(reads(small.get, batches[:2], 2, info, 128, keep, prefetch=2))) == 2
     assert small._client is None  # a raster of one pass per stream never starts a cluster

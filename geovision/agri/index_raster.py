@@ -11,7 +11,7 @@ whole raster.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,8 @@ from geovision.agri.indices import INDICES, compute_index, resolve_bands, to_ref
 from geovision.io.outputs import AtomicOutputs
 from geovision.io.raster import BlockWriter, to_cog
 from geovision.tiling.grid import BlockGrid
-from geovision.tiling.reader import open_raster, read_tiles
-from geovision.tiling.stream import batched, local_client, stream
+from geovision.tiling.reader import RasterInfo, TileData, open_raster, read_tiles
+from geovision.tiling.stream import batched, local_cluster, stream
 from geovision.types import Tile
 
 __all__ = ["index_raster"]
@@ -29,7 +29,7 @@ __all__ = ["index_raster"]
 BLOCK = 512
 
 
-def _read(info, size: int, tiles):
+def _read(info: RasterInfo, size: int, tiles: Sequence[Tile]) -> tuple[list[TileData], list[Tile]]:
     return read_tiles(info, tiles, size)
 
 
@@ -73,25 +73,23 @@ def index_raster(raster: str | os.PathLike[str], out: str | os.PathLike[str], *,
         tmp = outputs.add(out)
         scratch = outputs.scratch(tmp, ".scratch.tif")
         writer = BlockWriter(scratch, info, count=1, dtype="float32", nodata=float("nan"), descriptions=[index.lower()])
-        client = local_client()
         try:
-            for _, (read, skipped) in stream(client, _read, batched(tiles, 4), info, BLOCK, prefetch=4):
-                for t in read:
-                    w = t.tile.window
-                    refl = to_reflectance(t.data, scale_, offset_, ~t.valid)
-                    values = compute_index(index, dict(zip(names, refl)))[: w.height, : w.width]
-                    writer.write(w, values)
-                    finite = values[np.isfinite(values)]
-                    if finite.size:
-                        total += float(finite.sum(dtype=np.float64))
-                        total_n += finite.size
-                        lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
-                for tile in skipped:
-                    w = tile.window
-                    writer.write(w, np.full((w.height, w.width), np.nan, dtype=np.float32))
+            with local_cluster() as client:
+                for _, (read, skipped) in stream(client, _read, batched(tiles, 4), info, BLOCK, prefetch=4):
+                    for t in read:
+                        w = t.tile.window
+                        refl = to_reflectance(t.data, scale_, offset_, ~t.valid)
+                        values = compute_index(index, dict(zip(names, refl)))[: w.height, : w.width]
+                        writer.write(w, values)
+                        finite = values[np.isfinite(values)]
+                        if finite.size:
+                            total += float(finite.sum(dtype=np.float64))
+                            total_n += finite.size
+                            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+                    for tile in skipped:
+                        w = tile.window
+                        writer.write(w, np.full((w.height, w.width), np.nan, dtype=np.float32))
         finally:
-            client.close()
-            client.cluster.close()
             writer.close()
         to_cog(scratch, tmp, resampling="AVERAGE")
         outputs.commit()

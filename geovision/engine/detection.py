@@ -1,7 +1,7 @@
-"""The detection side of ``geovision predict``: tile boxes to one clean layer of objects.
+"""The detection consumer: tile boxes to one clean layer of objects.
 
-:class:`DetectionConsumer` runs on the engine's stitcher thread (see
-:mod:`geovision.workflows.predict`). Per tile it drops boxes under the score
+:class:`DetectionConsumer` runs on the engine's stitcher thread
+(:mod:`geovision.engine.stitcher`). Per tile it drops boxes under the score
 threshold, moves the rest from tile to raster pixels and hands them to the
 streaming :class:`~geovision.stitching.boxes.DetectionMerger`; whatever the
 merger finalises becomes map-coordinate polygons with ground measures
@@ -21,13 +21,17 @@ import pandas as pd
 import shapely
 from affine import Affine
 
+from geovision.engine.protocols import FeatureSink
 from geovision.io.geo import distances_m, measure
-from geovision.io.vector import LayerSink
 from geovision.io.zones import Zones
-from geovision.stitching.boxes import DetectionMerger, Detections
+from geovision.stitching.boxes import DetectionMerger, Detections, Fusion
+from geovision.tiling.grid import TileGrid
 from geovision.types import Tile
 
-__all__ = ["DETECTION_COLUMNS", "POINT_COLUMNS", "DetectionConsumer", "box_frame", "empty_frame"]
+__all__ = [
+    "DETECTION_COLUMNS", "POINT_COLUMNS", "DetectionConsumer", "box_frame", "detection_consumer", "empty_frame",
+    "point_frame",
+]
 
 DETECTION_COLUMNS: tuple[str, ...] = (
     "class_id", "class_name", "score", "area_m2", "width_m", "height_m", "tiles", "source", "geometry",
@@ -124,7 +128,7 @@ class DetectionConsumer:
     """
 
     def __init__(self, merger: DetectionMerger, transform: Affine, crs: Any, class_names: Sequence[str],
-                 sink: LayerSink, points: LayerSink | None, zones: Zones | None, score_threshold: float,
+                 sink: FeatureSink, points: FeatureSink | None, zones: Zones | None, score_threshold: float,
                  min_area_m2: float | None, source: str) -> None:
         self.merger, self.transform, self.crs = merger, transform, crs
         self.class_names = list(class_names)
@@ -134,7 +138,7 @@ class DetectionConsumer:
         #: seconds spent in the merger (for the summary and the benchmark)
         self.merge_seconds = 0.0
 
-    def add(self, tile: Tile, output: tuple[np.ndarray, np.ndarray, np.ndarray], valid: Any) -> None:
+    def add(self, tile: Tile, output: Any, valid: np.ndarray | None) -> None:
         boxes, scores, labels = output
         keep = (scores >= self.score_threshold) & (labels > 0)
         boxes = boxes[keep] + np.array([tile.window.col_off, tile.window.row_off] * 2, dtype=np.float64)
@@ -176,3 +180,13 @@ class DetectionConsumer:
                     points = points.to_crs(self.zones.frame_in.crs)
                 cls = np.array([self._zone_class[c] for c in points["class_id"].tolist()], dtype=np.int64)
                 self.zones.add(points.geometry.values, cls)
+
+
+def detection_consumer(grid: TileGrid, transform: Affine, crs: Any, class_names: Sequence[str], sink: FeatureSink,
+                       points: FeatureSink | None = None, zones: Zones | None = None, *,
+                       score_threshold: float = 0.5, min_area_m2: float | None = None, match_iou: float = 0.5,
+                       nms_iou: float = 0.5, fusion: Fusion = "best", source: str = "") -> DetectionConsumer:
+    """The consumer of one raster's detections, with a streaming merger over its tile grid."""
+    merger = DetectionMerger(grid, match_iou=match_iou, nms_iou=nms_iou, fusion=fusion)
+    return DetectionConsumer(merger, transform, crs, class_names, sink, points, zones, score_threshold,
+                             min_area_m2, source)

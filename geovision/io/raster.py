@@ -3,8 +3,7 @@
 GDAL's COG driver can only copy a finished dataset, so blocks are written as
 they finish into a tiled scratch GeoTIFF, which is then copied (streaming,
 block by block) into a compressed COG with overviews. Neither step holds the
-raster in memory. (One-band class rasters skip the copy: ``io.cog.StreamingCOG``
-writes their COG as the blocks finish.)
+raster in memory.
 """
 
 from __future__ import annotations

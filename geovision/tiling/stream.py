@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from geovision.types import Tile
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 def batched(tiles: Sequence[Tile], size: int) -> list[list[Tile]]:
@@ -35,7 +39,7 @@ def stream(
     At most ``prefetch`` batches are submitted ahead of the one being consumed.
     If the consumer stops early, the outstanding futures are cancelled.
     """
-    pending: deque = deque()
+    pending: deque[tuple[Sequence[Tile], Any]] = deque()
     it = iter(batches)
     try:
         for batch in it:
@@ -54,9 +58,8 @@ def stream(
 
 
 #: Dask settings for the in-process reader cluster. Its defaults suit a long-lived cluster
-#: watched from a dashboard: the worker's profiler samples every thread's stack every 10 ms,
-#: and the system and memory monitors wake several times a second, which took 51 ms of CPU
-#: per second while idle (2.5% of 2 cores, taken from the model); with these, 5 ms.
+#: watched from a dashboard: the worker's profiler samples every thread's stack every 10 ms and
+#: the monitors wake several times a second, CPU taken from the model on a small machine.
 QUIET_LOCAL_CLUSTER = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.system-monitor.interval": "5s",
@@ -66,7 +69,7 @@ QUIET_LOCAL_CLUSTER = {
 }
 
 
-def local_client(threads: int | None = None):
+def local_client(threads: int | None = None) -> Client:
     """A quiet in-process Dask cluster of ``threads`` reader threads (default 2-4) and its client.
 
     Closing the client does not close the cluster: close ``client.cluster`` too.
@@ -90,3 +93,16 @@ def local_client(threads: int | None = None):
                                dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False},
                                silence_logs=logging.CRITICAL)
     return Client(cluster)
+
+
+@contextmanager
+def local_cluster(threads: int | None = None) -> Iterator[Client]:
+    """:func:`local_client` as a context manager that closes the client and its cluster."""
+    client = local_client(threads)
+    try:
+        yield client
+    finally:
+        cluster = client.cluster
+        client.close()
+        if cluster is not None:
+            cluster.close()
