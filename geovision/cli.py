@@ -8,7 +8,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, Literal, TextIO
 
 import click
 
@@ -55,12 +55,31 @@ def _friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _show_warnings() -> None:
-    def show(message, category, filename, lineno, file=None, line=None):
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
         if issubclass(category, GeovisionWarning):
             click.secho(f"warning: {message}", fg="yellow", err=True)
 
     warnings.showwarning = show
     warnings.simplefilter("always", GeovisionWarning)
+
+
+# options several commands share, declared once
+_quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bars or tables.")
+_device = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (cuda:1 ...).")
+_report = click.option("--report", is_flag=True,
+                       help="Also write <stem>.report.html, an offline HTML map of the results.")
+
+
+def _overwrite(help: str = "Replace existing outputs.") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--overwrite", is_flag=True, help=help)
+
+
+def _progress(quiet: bool) -> Any:
+    """What the library's ``progress=`` takes: bars on the terminal, or nothing."""
+    from geovision.engine.progress import ProgressBars
+
+    return None if quiet else ProgressBars()
 
 
 @click.group()
@@ -83,17 +102,19 @@ def main() -> None:
               help="Tiles per forward pass. Default: 1 on the CPU, 8 on a GPU, 4 on a cluster's workers.")
 @click.option("--streams", type=int, default=None,
               help="Forward passes at once. Default: one per CPU core (up to 4), 1 on a GPU.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (cuda:1 ...).")
+@_device
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               show_default=True, help="auto: bf16 + channels_last where the CPU supports it, mixed "
               "precision on CUDA; fp32 turns it off.")
 @click.option("--bands", callback=_int_list, default=None, help="1-based bands to read in model order, e.g. 4,3,2.")
 @click.option("--min-area", type=float, default=None, help="Drop polygons (or boxes) smaller than this (m²).")
-@click.option("--simplify", type=float, default=None, help="Segmentation: simplify polygons with this tolerance (metres).")
+@click.option("--simplify", type=float, default=None,
+              help="Segmentation: simplify polygons with this tolerance (metres).")
 @click.option("--probabilities", is_flag=True, help="Segmentation: also write <stem>.probabilities.tif.")
 @click.option("--task", type=click.Choice(["segmentation", "detection"]), default=None,
               help="Refuse a bundle of another task (default: whatever the bundle does).")
-@click.option("--score-threshold", type=float, default=None, help="Detection: keep boxes scoring at least this (default 0.5).")
+@click.option("--score-threshold", type=float, default=None,
+              help="Detection: keep boxes scoring at least this (default 0.5).")
 @click.option("--points", is_flag=True, help="Detection: add a layer of object centres.")
 @click.option("--zones", default=None, help="Detection: polygons (any format, any CRS) to count objects in, per class.")
 @click.option("--nms-iou", type=float, default=0.5, show_default=True,
@@ -104,9 +125,9 @@ def main() -> None:
               help="Detection: a merged box takes the best view's sides, or the score-weighted mean (wbf).")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:8786).")
 @click.option("--workers", type=int, default=None, help="Local reader threads (default: 2-4).")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@click.option("--report", is_flag=True, help="Also write <stem>.report.html, an offline HTML map of the results.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or table.")
+@_overwrite()
+@_report
+@_quiet
 @_friendly_errors
 def predict(rasters: tuple[str, ...], quiet: bool, report: bool, **kwargs: Any) -> None:
     """Segment RASTERS, or detect and count objects in them, as the bundle's task says.
@@ -114,9 +135,12 @@ def predict(rasters: tuple[str, ...], quiet: bool, report: bool, **kwargs: Any) 
     RASTERS are GeoTIFF, COG, VRT or GDAL paths. Segmentation writes a class COG and
     polygons per class; detection writes one box per object, merged across tiles.
     """
+    from geovision.engine.summary import format_table
     from geovision.workflows.predict import predict as run
 
-    result = run(list(rasters), progress=not quiet, **kwargs)
+    result = run(list(rasters), progress=_progress(quiet), **kwargs)
+    if not quiet:
+        click.echo(format_table(result.summary))
     if report:
         _write_report(result.vector_path, kwargs["overwrite"])
 
@@ -130,13 +154,17 @@ def _write_report(vector: Any, overwrite: bool) -> None:
 @main.command()
 @click.option("--out", "-o", default="geovision-demo", show_default=True, help="Folder for the sample and results.")
 @click.option("--size", type=int, default=4096, show_default=True, help="Sample scene edge in pixels (0.3 m each).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_quiet
 @_friendly_errors
 def demo(out: str, size: int, quiet: bool) -> None:
     """Generate the built-in sample scene; find its buildings, trees and crop stress; write the report."""
     from geovision.workflows.demo import run_demo
 
-    run_demo(out, size=size, progress=not quiet)
+    if not quiet:
+        click.echo(f"writing the sample scene ({size} x {size} px) into {out}/ ...")
+    result = run_demo(out, size=size, progress=_progress(quiet))
+    if not quiet:
+        click.echo(result.report())
 
 
 @main.command()
@@ -147,7 +175,8 @@ def demo(out: str, size: int, quiet: bool) -> None:
 @click.option("--task", type=click.Choice(["segmentation", "detection"]), default="segmentation", show_default=True)
 @click.option("--out", "-o", required=True, help="Bundle to write (.safetensors).")
 @click.option("--aoi", default=None, help="Polygons where labelling is complete (unlabelled there = background).")
-@click.option("--classes", callback=_str_list, default=None, help="Class names in order (default: the field's values, sorted).")
+@click.option("--classes", callback=_str_list, default=None,
+              help="Class names in order (default: the field's values, sorted).")
 @click.option("--bands", callback=_int_list, default=None, help="1-based bands to train on (default: all).")
 @click.option("--arch", default=None, help="Architecture (default unet; detection fasterrcnn).")
 @click.option("--encoder", default=None, help="Encoder/backbone (default resnet18).")
@@ -166,22 +195,24 @@ def demo(out: str, size: int, quiet: bool) -> None:
 @click.option("--class-weights", type=click.Choice(["none", "auto"]), default="none", show_default=True,
               help="auto: weight classes by inverse square-root pixel frequency.")
 @click.option("--val-block", type=float, default=None, help="Split block size in metres (default: 4 chips).")
-@click.option("--val-buffer", type=float, default=None, help="Gap between split blocks in metres (default: half a chip).")
+@click.option("--val-buffer", type=float, default=None,
+              help="Gap between split blocks in metres (default: half a chip).")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
 @click.option("--split-layer", default=None, help="Polygons drawing the split instead of blocks (field --split-field).")
 @click.option("--split-field", default="split", show_default=True, help="train / validation / test per polygon.")
 @click.option("--chip-stride", type=int, default=None, help="Pixels between candidate chips (default: half a chip).")
-@click.option("--test-fraction", type=float, default=0.0, show_default=True, help="Share of labelled blocks held out for testing.")
+@click.option("--test-fraction", type=float, default=0.0, show_default=True,
+              help="Share of labelled blocks held out for testing.")
 @click.option("--positive-fraction", type=float, default=0.7, show_default=True,
               help="Share of chips per epoch that hold labels (the rest are negatives).")
 @click.option("--class-balanced", is_flag=True, help="Draw chips of rare classes as often as common ones.")
 @click.option("--arch-params", "arch_params_json", default=None, help='Extra architecture arguments as JSON.')
 @click.option("--patience", type=int, default=5, show_default=True, help="Early stopping: epochs without improvement.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@_device
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle and report.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_overwrite("Replace an existing bundle and report.")
+@_quiet
 @_friendly_errors
 def train(images: tuple[str, ...], labels: str, quiet: bool, arch_params_json: str | None,
           augment_params_json: str | None, **kwargs: Any) -> None:
@@ -198,11 +229,21 @@ def train(images: tuple[str, ...], labels: str, quiet: bool, arch_params_json: s
                 kwargs[key] = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{flag} is not valid JSON ({exc})") from None
-    run(list(images), labels, progress=not quiet, **kwargs)
+    result = run(list(images), labels, progress=not quiet, on_epoch=None if quiet else _echo_epoch, **kwargs)
+    best = None if result.best_metric is None else round(result.best_metric, 6)
+    click.echo(f"best epoch {result.best_epoch} (validation metric {best}); wrote {result.bundle} and "
+               f"{result.report}/")
+
+
+def _echo_epoch(record: dict[str, Any]) -> None:
+    val = "" if record["val_loss"] is None else f", val loss {record['val_loss']:.4f}"
+    metric = "n/a" if record["metric"] is None else f"{record['metric']:.4f}"
+    click.echo(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}{val}, val metric {metric}")
 
 
 @main.command()
-@click.option("--pred", required=True, help="Predictions: a vector layer (e.g. from geovision predict) or a class raster.")
+@click.option("--pred", required=True,
+              help="Predictions: a vector layer (e.g. from geovision predict) or a class raster.")
 @click.option("--truth", required=True, help="Ground truth: a vector layer (any format, any CRS) or a class raster.")
 @click.option("--out", "-o", required=True, help="Folder for metrics.json, plots and errors.gpkg.")
 @click.option("--aoi", default=None, help="Polygons where the truth is complete; scoring stays inside them.")
@@ -213,7 +254,7 @@ def train(images: tuple[str, ...], labels: str, quiet: bool, arch_params_json: s
 @click.option("--pred-class-field", default="class_name", show_default=True)
 @click.option("--truth-class-field", default=None, help="Default: the predictions' field, else one class.")
 @click.option("--score-field", default=None, help="Default: score, or mean_probability, when present.")
-@click.option("--overwrite", is_flag=True, help="Write into a non-empty --out folder.")
+@_overwrite("Write into a non-empty --out folder.")
 @_friendly_errors
 def evaluate(**kwargs: Any) -> None:
     """Score predictions against ground truth: object and area metrics, plots, a TP/FP/FN layer."""
@@ -222,7 +263,8 @@ def evaluate(**kwargs: Any) -> None:
     result = run(**kwargs)
     if result.metrics["objects"] is not None:
         o = result.metrics["objects"]["overall"]
-        show = {k: (None if o.get(k) is None else round(o[k], 4)) for k in ("tp", "fp", "fn", "precision", "recall", "f1")}
+        show = {k: (None if o.get(k) is None else round(o[k], 4))
+                for k in ("tp", "fp", "fn", "precision", "recall", "f1")}
         click.echo(f"objects at IoU {kwargs['iou']}: {show}")
     areas = result.metrics["areas"]
     click.echo(f"mean IoU (area): {areas['mean_iou']}")
@@ -259,9 +301,9 @@ def evaluate(**kwargs: Any) -> None:
 @click.option("--scale", type=float, default=None, help="Reflectance = DN * scale + offset (overrides the preset).")
 @click.option("--offset", type=float, default=None, help="Reflectance offset (overrides the preset).")
 @click.option("--min-area", type=float, default=None, help="Drop stress polygons smaller than this (m²).")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@click.option("--report", is_flag=True, help="Also write <stem>.report.html, an offline HTML map of the results.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars or table.")
+@_overwrite()
+@_report
+@_quiet
 @_friendly_errors
 def stress(raster: str, fields: str, out: str, quiet: bool, report: bool, **kwargs: Any) -> None:
     """Map crop stress in RASTER and summarise it per field.
@@ -270,9 +312,12 @@ def stress(raster: str, fields: str, out: str, quiet: bool, report: bool, **kwar
     polygons, <stem>.<index>.tif, <stem>.stress.tif, <stem>.fields.csv,
     <stem>.summary.json and <stem>.quicklook.png.
     """
+    from geovision.agri.summary import format_table
     from geovision.workflows.stress import stress as run
 
-    result = run(raster, fields, out, progress=not quiet, **kwargs)
+    result = run(raster, fields, out, progress=_progress(quiet), **kwargs)
+    if not quiet:
+        click.echo(format_table(result.summary))
     if report:
         _write_report(result.vector_path, kwargs["overwrite"])
 
@@ -281,7 +326,7 @@ def stress(raster: str, fields: str, out: str, quiet: bool, report: bool, **kwar
 @click.argument("vector")
 @click.option("--out", "-o", default=None, help="The HTML page (default: <stem>.report.html beside VECTOR).")
 @click.option("--title", default=None, help="Page title (default: from the file name).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing page.")
+@_overwrite("Replace an existing page.")
 @_friendly_errors
 def report(vector: str, out: str | None, title: str | None, overwrite: bool) -> None:
     """Write one self-contained, offline HTML map report of a geovision output VECTOR.
@@ -316,11 +361,11 @@ def model() -> None:
 @click.option("--resolution", type=float, default=None, help="Ground resolution in metres the model is meant for.")
 @click.option("--encoder-weights", default=None, help="e.g. imagenet (downloads unless cached; needs network).")
 @click.option("--out", "-o", required=True, help="Bundle to write (.safetensors).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
+@_overwrite("Replace an existing bundle.")
 @_friendly_errors
-def model_init(task: str, arch: str | None, encoder: str | None, arch_params: str | None, bands: str,
-               band_names: list[str] | None, classes: list[str], tile: int, resolution: float | None,
-               encoder_weights: str | None, out: str, overwrite: bool) -> None:
+def model_init(task: Literal["segmentation", "detection"], arch: str | None, encoder: str | None,
+               arch_params: str | None, bands: str, band_names: list[str] | None, classes: list[str], tile: int,
+               resolution: float | None, encoder_weights: str | None, out: str, overwrite: bool) -> None:
     """Create an untrained bundle (to train from, or to benchmark).
 
     Detection bundles get a 'background' class first when --classes does not start with one.
@@ -328,7 +373,7 @@ def model_init(task: str, arch: str | None, encoder: str | None, arch_params: st
     import json
 
     from geovision.errors import ConfigError, OutputExistsError
-    from geovision.models.bundle import init_bundle
+    from geovision.models.registry import init_bundle
 
     try:
         params = json.loads(arch_params) if arch_params else {}
@@ -366,6 +411,22 @@ def model_info(bundle: str, as_json: bool) -> None:
         if key == "classes":
             value = ", ".join(f"{i}:{c['name']} {c['color']}" for i, c in enumerate(value))
         click.echo(f"{key:>20}: {value}")
+
+
+@model.command("upgrade")
+@click.argument("bundle")
+@click.option("--out", "-o", required=True, help="The bundle in the current format (.safetensors).")
+@_overwrite("Replace an existing bundle.")
+@_friendly_errors
+def model_upgrade(bundle: str, out: str, overwrite: bool) -> None:
+    """Re-save a bundle of an older format (its digest checked first) in the current one."""
+    from geovision.errors import OutputExistsError
+    from geovision.models.bundle import resave_bundle
+
+    if os.path.exists(out) and not overwrite:
+        raise OutputExistsError(f"{out}: exists already. Pass --overwrite to replace it.")
+    resave_bundle(bundle, out)
+    click.echo(f"wrote {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

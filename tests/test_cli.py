@@ -9,10 +9,10 @@ from pathlib import Path
 
 import geopandas as gpd
 from click.testing import CliRunner
-
 from conftest import scene, write_raster
-from geovision.cli import main
 from models_util import bright_object_bundle
+
+from geovision.cli import main
 
 
 def test_model_init_and_info(tmp_path: Path) -> None:

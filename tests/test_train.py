@@ -60,7 +60,8 @@ def test_small_unet_learns_the_scene(tmp_path: Path) -> None:
     assert len(config.drift_reference["proportions"]) == 3  # the training imagery, for predict's drift check
     # the report
     report = result.report
-    assert {"metrics.csv", "metrics.json", "curves.png", "config.json", "split.gpkg"} <= {p.name for p in report.iterdir()}
+    written = {p.name for p in report.iterdir()}
+    assert {"metrics.csv", "metrics.json", "curves.png", "config.json", "split.gpkg"} <= written
     layers = dict(pyogrio.list_layers(report / "split.gpkg"))
     assert {"blocks", "chips"} <= set(layers)
     blocks = pyogrio.read_dataframe(report / "split.gpkg", layer="blocks")
@@ -159,7 +160,7 @@ def test_imagenet_initialisation_offline(tmp_path: Path) -> None:
     """--pretrained imagenet on tu-tf_efficientnet_lite0 loads the packaged ImageNet weights, no network."""
     import torch
 
-    from geovision.models.bundle import BundleConfig
+    from geovision.models.config import BundleConfig
     from geovision.models.pretrained import lite0_state_dict, pretrained_model
     from geovision.models.registry import build_model
 

@@ -15,10 +15,10 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -142,7 +142,9 @@ def detection_f1(predictions: list[dict[str, torch.Tensor]], targets: list[dict[
 # --------------------------------------------------------------------------- loop
 
 
-def _collate_detection(batch):
+def _collate_detection(
+    batch: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]],
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     return [b[0] for b in batch], [b[1] for b in batch]
 
 
@@ -172,7 +174,7 @@ def fit(
     checkpoint: Path,
     resume: bool,
     seed: int,
-    progress: bool = True,
+    progress: bool = False,
     num_workers: int = 0,
     on_epoch: Callable[[list[EpochRecord]], None] | None = None,
 ) -> FitResult:
@@ -197,9 +199,9 @@ def fit(
         checkpoint: resumable checkpoint written after every epoch.
         resume: continue from ``checkpoint`` if it exists.
         seed: base seed.
-        progress: show a progress bar with the loss and the metric.
+        progress: show a progress bar per epoch with the loss.
         num_workers: DataLoader worker processes.
-        on_epoch: called with the history after each epoch (report writing).
+        on_epoch: called with the history after each epoch (report writing, the CLI's epoch line).
     """
     from geovision.progress import progress_bar
 
@@ -227,7 +229,8 @@ def fit(
         if hasattr(train, "set_epoch"):
             train.set_epoch(epoch)
         subset = torch.utils.data.Subset(train, sample_epoch(epoch))
-        loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, drop_last=len(subset) > batch_size,
+        loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False,
+                                             drop_last=len(subset) > batch_size,
                                              num_workers=num_workers, collate_fn=collate)
         model.train()
         losses = []
@@ -253,8 +256,9 @@ def fit(
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         bar.close()
+        per_class: dict[str, float]
         val_loss, metric, per_class = (None, None, {})
-        if val is not None and len(val) > 0:
+        if val is not None and len(cast(Sized, val)) > 0:  # map-style datasets have __len__
             val_loss, metric, per_class = evaluate(model, task, val, loss_fn, class_names, batch_size, device,
                                                    autocast_dtype, collate, num_workers)
         record = EpochRecord(epoch=epoch + 1, train_loss=float(np.mean(losses)) if losses else float("nan"),
@@ -270,11 +274,6 @@ def fit(
         state["epoch"] = epoch + 1
         state["history"] = [asdict(r) for r in history]
         save_checkpoint(checkpoint, model, optimizer, state, best_state)
-        if progress:
-            shown = "n/a" if metric is None else f"{metric:.4f}"
-            print(f"epoch {epoch + 1}/{epochs}: train loss {record.train_loss:.4f}"
-                  + (f", val loss {val_loss:.4f}" if val_loss is not None else "")
-                  + f", val metric {shown}" + (" (best)" if better else ""))
         if on_epoch is not None:
             on_epoch(history)
     stopped = state["bad_epochs"] >= patience and state["epoch"] < epochs
@@ -282,10 +281,11 @@ def fit(
                      state["best_epoch"], state["best_metric"], history, stopped)
 
 
-def _train_step(model: nn.Module, task: str, loss_fn, x, y, device: torch.device,
+def _train_step(model: nn.Module, task: str, loss_fn: nn.Module | None, x: Any, y: Any, device: torch.device,
                 autocast_dtype: torch.dtype | None) -> torch.Tensor:
     ctx = _autocast(device, autocast_dtype)
     if task == "segmentation":
+        assert loss_fn is not None  # segmentation always has a loss (workflows/train.py builds one)
         x, y = x.to(device), y.to(device)
         with ctx:
             logits = model(x)
@@ -297,20 +297,22 @@ def _train_step(model: nn.Module, task: str, loss_fn, x, y, device: torch.device
     return sum(v.float() for v in losses.values())
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[None]:
     """Autocast at ``dtype``, or nothing for float32."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: str, dataset, loss_fn, class_names: Sequence[str], batch_size: int,
-             device: torch.device, autocast_dtype: torch.dtype | None, collate=None,
+def evaluate(model: nn.Module, task: str, dataset: torch.utils.data.Dataset, loss_fn: nn.Module | None,
+             class_names: Sequence[str], batch_size: int, device: torch.device, autocast_dtype: torch.dtype | None,
+             collate: Callable[[list[Any]], Any] | None = None,
              num_workers: int = 0) -> tuple[float | None, float | None, dict[str, float]]:
     """Validation loss (segmentation), the metric (mean foreground IoU, or detection F1@0.5) and per-class figures."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
                                          num_workers=num_workers)
     if task == "segmentation":
+        assert loss_fn is not None  # segmentation always has a loss (workflows/train.py builds one)
         n = len(class_names)
         confusion = np.zeros((n, n), dtype=np.int64)
         losses = []

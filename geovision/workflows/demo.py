@@ -25,10 +25,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from geovision.engine.progress import ProgressOption
 from geovision.errors import BundleError, OutputExistsError
+
+if TYPE_CHECKING:
+    from geovision.sample import SampleScene
 
 __all__ = ["SAMPLE_BUNDLE", "TREES_BUNDLE", "DemoResult", "Score", "run_demo", "sample_bundle", "score_buildings"]
 
@@ -215,7 +220,7 @@ def run_demo(
     *,
     size: int = 4096,
     overwrite: bool = True,
-    progress: bool = True,
+    progress: ProgressOption = False,
 ) -> DemoResult:
     """Write the sample scene, run the shipped models and the crop-stress workflow, and report.
 
@@ -230,7 +235,7 @@ def run_demo(
         out_dir: the output folder (created if missing).
         size: scene edge in pixels (0.3 m pixels; 4096 px is 1.2 km).
         overwrite: replace outputs of an earlier run.
-        progress: show progress bars and print the report paragraph.
+        progress: show progress bars (the CLI prints :meth:`DemoResult.report` at the end).
 
     Returns:
         The paths, the counts and areas, and the scores against the truth.
@@ -263,9 +268,8 @@ def run_demo(
         tree_config = read_config(trees_bundle)
         out.mkdir(parents=True, exist_ok=True)
         step = time.perf_counter()
-        if progress:
-            print(f"writing the sample scene ({size} x {size} px) ...", flush=True)
         scene = make_sample_scene(image, size=size, seed=DEMO_SEED)
+        assert scene.fields_path is not None and scene.trees_path is not None  # make_sample_scene writes both
         seconds["scene"] = time.perf_counter() - step
 
         step = time.perf_counter()
@@ -337,13 +341,12 @@ def run_demo(
         truth_trees=trees["truth"],
         trees_matched=trees["matched"],
         fields=int(crop.summary["fields"]["count"]),
-        stressed_ha=float(crop.summary["classes"]["moderate"]["area_ha"] + crop.summary["classes"]["severe"]["area_ha"]),
+        stressed_ha=float(crop.summary["classes"]["moderate"]["area_ha"]
+                          + crop.summary["classes"]["severe"]["area_ha"]),
         truth_stressed_ha=truth_stressed_ha,
         elapsed_s=elapsed,
         seconds=seconds,
     )
-    if progress:
-        print(demo.report())
     return demo
 
 
@@ -359,7 +362,7 @@ def _score_trees(found_path: Path, truth_path: Path) -> dict[str, int]:
     return {"found": len(found), "truth": len(truth), "matched": int(matching.tp)}
 
 
-def _truth_stressed_ha(scene) -> float:
+def _truth_stressed_ha(scene: SampleScene) -> float:
     """Stressed crop drawn in the fields (ha), from the fields layer the sample wrote."""
     import pyogrio
 
@@ -424,7 +427,8 @@ def _demo_summary(seg: dict, det: dict, crop: dict, score: Score, trees: dict[st
                           "matched_objects": score.matched_objects},
             "trees": {**trees, "precision": round(trees["matched"] / trees["found"], 4) if trees["found"] else None,
                       "recall": round(trees["matched"] / trees["truth"], 4) if trees["truth"] else None},
-            "stress": {"found_ha": round(crop["classes"]["moderate"]["area_ha"] + crop["classes"]["severe"]["area_ha"], 4),
+            "stress": {"found_ha": round(crop["classes"]["moderate"]["area_ha"]
+                                        + crop["classes"]["severe"]["area_ha"], 4),
                        "truth_ha": round(truth_stressed_ha, 4)},
         },
         "fields": crop["fields"],

@@ -24,9 +24,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import geopandas as gpd
 import numpy as np
@@ -35,6 +36,13 @@ import shapely
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from geovision.errors import OutputExistsError, VectorContentError, VectorReadError
+
+if TYPE_CHECKING:
+    import pyproj
+    from affine import Affine
+
+    from geovision.evaluation.metrics import Matching
+    from geovision.tiling.grid import BlockGrid
 
 __all__ = ["EvaluateOptions", "EvaluateResult", "evaluate", "run_evaluate"]
 
@@ -84,7 +92,8 @@ def evaluate(pred: str | os.PathLike[str], truth: str | os.PathLike[str], out: s
     Returns:
         The metrics (also in ``out/metrics.json``) and the folder.
     """
-    return run_evaluate(EvaluateOptions(pred=pred, truth=truth, out=out, **options))
+    # validated as the constructor would (the path fields take os.PathLike too, see _path_to_str)
+    return run_evaluate(EvaluateOptions.model_validate({"pred": pred, "truth": truth, "out": out, **options}))
 
 
 def _is_raster(path: str) -> bool:
@@ -95,7 +104,8 @@ def _read_vector(path: str, what: str) -> gpd.GeoDataFrame:
     try:
         frame = pyogrio.read_dataframe(path)
     except Exception as exc:  # pyogrio's DataSourceError, OSError, ...
-        raise VectorReadError(f"{path}: cannot read the {what} ({exc}); give a vector file or a class raster.") from None
+        raise VectorReadError(f"{path}: cannot read the {what} ({exc}); "
+                              "give a vector file or a class raster.") from None
     if not isinstance(frame, gpd.GeoDataFrame):
         raise VectorContentError(f"{path}: the {what} have no geometry.")
     frame = frame[~frame.geometry.isna() & ~frame.geometry.is_empty]
@@ -164,7 +174,10 @@ def run_evaluate(opts: EvaluateOptions) -> EvaluateResult:
     index = {name: i for i, name in enumerate(names)}
     pred_ids = np.array([index[c] for c in pred_classes], dtype=np.int64)
     truth_ids = np.array([index[c] for c in truth_classes], dtype=np.int64)
-    matching = m.match_objects(pred_geoms, truth_geoms, iou_threshold=opts.iou, pred_scores=scores,
+    # the metrics take the geometries as any sequence; numpy object arrays serve as one
+    pred_seq = cast("Sequence[shapely.Geometry]", pred_geoms)
+    truth_seq = cast("Sequence[shapely.Geometry]", truth_geoms)
+    matching = m.match_objects(pred_seq, truth_seq, iou_threshold=opts.iou, pred_scores=scores,
                                pred_classes=pred_ids, truth_classes=truth_ids)
     objects = m.object_metrics(matching, pred_classes=pred_ids, truth_classes=truth_ids, class_names=names)
     objects = {"overall": {k: v for k, v in objects.items() if k != "per_class"}, "per_class": objects["per_class"]}
@@ -174,7 +187,7 @@ def run_evaluate(opts: EvaluateOptions) -> EvaluateResult:
         "objects": objects,
     }
     if scores is not None:
-        result["average_precision"] = m.average_precision(pred_geoms, truth_geoms, scores, pred_classes=pred_ids,
+        result["average_precision"] = m.average_precision(pred_seq, truth_seq, scores, pred_classes=pred_ids,
                                                           truth_classes=truth_ids, class_names=names)
         result["confidence_bands"] = m.confidence_bands(matching, scores, n_truth=len(truth_geoms))
     result["areas"] = _area_metrics(pred_geoms, pred_classes, truth_geoms, truth_classes, names, aoi, crs)
@@ -230,7 +243,7 @@ def _evaluate_pixels(opts: EvaluateOptions, out: Path) -> EvaluateResult:
     if len(names) < confusion.shape[0]:
         names = names + [f"class_{i}" for i in range(len(names), confusion.shape[0])]
     x_m, y_m = ground_pixel_size_m(transform, crs, height, width)
-    result = {
+    result: dict[str, Any] = {
         "inputs": {"pred": opts.pred, "truth": opts.truth, "aoi": opts.aoi, "grid": grid_path,
                    "crs": crs.to_string(), "classes": names[: confusion.shape[0]]},
         "objects": None,
@@ -243,7 +256,8 @@ def _evaluate_pixels(opts: EvaluateOptions, out: Path) -> EvaluateResult:
     return EvaluateResult(result, out)
 
 
-def _pixel_confusion(opts: EvaluateOptions, opened: dict, vectors: dict, names, aoi, blocks, transform) -> np.ndarray:
+def _pixel_confusion(opts: EvaluateOptions, opened: dict, vectors: dict, names: list[str] | None,
+                     aoi: shapely.Geometry | None, blocks: BlockGrid, transform: Affine) -> np.ndarray:
     """Confusion counts block by block: raster sides read from ``opened``, vector sides burned on the grid."""
     import rasterio.features
     from rasterio.windows import Window as RioWindow
@@ -293,15 +307,18 @@ def _pixel_confusion(opts: EvaluateOptions, opened: dict, vectors: dict, names, 
                 confusion = grown
             else:
                 confusion += block
+    assert confusion is not None  # the grid has at least one block
     return confusion
 
 
-def _area_metrics(pred_geoms, pred_classes, truth_geoms, truth_classes, names, aoi, crs) -> dict[str, Any]:
+def _area_metrics(pred_geoms: np.ndarray, pred_classes: np.ndarray, truth_geoms: np.ndarray,
+                  truth_classes: np.ndarray, names: Sequence[str], aoi: shapely.Geometry | None,
+                  crs: pyproj.CRS) -> dict[str, Any]:
     """Exact area confusion (m²) between the classes' unions, with background = the scored extent."""
     from geovision.evaluation import metrics as m
     from geovision.io.geo import measure
 
-    def union(geoms, classes, name):
+    def union(geoms: np.ndarray, classes: np.ndarray, name: str) -> shapely.Geometry:
         chosen = geoms[classes == name] if len(geoms) else geoms
         return shapely.union_all(chosen) if len(chosen) else shapely.Polygon()
 
@@ -383,7 +400,8 @@ def _plot_pr(ap: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _write_errors(path: Path, pred: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, matching, crs) -> None:
+def _write_errors(path: Path, pred: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, matching: Matching,
+                  crs: pyproj.CRS) -> None:
     truth_iou = np.zeros(len(truth))
     if len(matching.pairs):
         truth_iou[matching.pairs[:, 1]] = matching.ious

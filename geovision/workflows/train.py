@@ -17,14 +17,26 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from geovision.errors import BandMismatchError, ConfigError, OutputExistsError, TaskMismatchError, warn
+from geovision.training.loop import EpochRecord
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from geovision.models.config import BundleConfig
+    from geovision.tiling.reader import RasterInfo
+    from geovision.training.chips import Chip, ChipDataset
+    from geovision.training.split import PolygonSplit, SpatialSplit
 
 __all__ = ["TrainOptions", "TrainResult", "run_train", "train"]
 
@@ -74,7 +86,9 @@ class TrainOptions(BaseModel):
     resume: bool = False
     report: str | None = None
     overwrite: bool = False
-    progress: bool = True
+    progress: bool = False
+    #: called after each epoch with its record (epoch, train_loss, val_loss, metric, ...) as a dict
+    on_epoch: Any = None
 
     @field_validator("labels", "out", "aoi", "init", "report", "split_layer", mode="before")
     @classmethod
@@ -128,11 +142,13 @@ def train(images: str | os.PathLike[str] | list[str | os.PathLike[str]], labels:
     Raises:
         GeovisionError: a subclass naming the file and the fix, for every bad input.
     """
-    opts = TrainOptions(images=images, labels=labels, out=out, class_field=class_field, **options)
+    # validated as the constructor would (the path fields take os.PathLike too, see _path_to_str)
+    opts = TrainOptions.model_validate({"images": images, "labels": labels, "out": out, "class_field": class_field,
+                                        **options})
     return run_train(opts)
 
 
-def _open_images(opts: TrainOptions):
+def _open_images(opts: TrainOptions) -> list[RasterInfo]:
     import rasterio
 
     from geovision.tiling.reader import gdal_env, open_raster
@@ -166,7 +182,7 @@ def _open_images(opts: TrainOptions):
     return infos
 
 
-def _extent(info) -> tuple[float, float, float, float]:
+def _extent(info: RasterInfo) -> tuple[float, float, float, float]:
     from geovision.io.geo import window_bounds
     from geovision.types import Window
 
@@ -177,7 +193,8 @@ def run_train(opts: TrainOptions) -> TrainResult:
     import torch
 
     from geovision.io.geo import ground_pixel_size_m
-    from geovision.models.bundle import BundleConfig, default_colors, load_bundle, save_bundle
+    from geovision.models.bundle import load_bundle, save_bundle
+    from geovision.models.config import BundleConfig, ClassInfo, Normalization, default_colors
     from geovision.models.predictor import Normalizer, resolve_device, resolve_precision
     from geovision.training.chips import ChipDataset, band_statistics, epoch_sample, plan_chips
     from geovision.training.labels import read_labels
@@ -207,6 +224,9 @@ def run_train(opts: TrainOptions) -> TrainResult:
     x_m, y_m = ground_pixel_size_m(infos[0].affine, crs, infos[0].height, infos[0].width)
     pixel_m = float((x_m + y_m) / 2)
     chip_m = opts.tile * pixel_m
+    block_m: float | None  # None with a split layer
+    buffer_m: float | None
+    split: SpatialSplit | PolygonSplit
     block_m = opts.val_block or 4 * chip_m
     buffer_m = chip_m / 2 if opts.val_buffer is None else opts.val_buffer
     if opts.split_layer:
@@ -217,7 +237,9 @@ def run_train(opts: TrainOptions) -> TrainResult:
     else:
         split = spatial_split(extents, crs, block_m=block_m, buffer_m=buffer_m, val_fraction=opts.val_fraction,
                               test_fraction=opts.test_fraction, seed=opts.seed, labels=labels.frame)
-    chips = plan_chips(infos, labels, split, chip=opts.tile, stride=opts.chip_stride, max_nodata=opts.max_nodata)
+    # plan_chips takes a PolygonSplit too (the same interface), though its annotation names SpatialSplit only
+    chips = plan_chips(infos, labels, split, chip=opts.tile, stride=opts.chip_stride,  # type: ignore[arg-type]
+                       max_nodata=opts.max_nodata)
     by_split = {s: [c for c in chips if c.split == s] for s in ("train", "val", "test")}
     counts = {s: len(v) for s, v in by_split.items()}
     counts["train_positive"] = sum(c.positive for c in by_split["train"])
@@ -258,8 +280,8 @@ def run_train(opts: TrainOptions) -> TrainResult:
     config = BundleConfig(
         task=opts.task, arch=arch, encoder=encoder, arch_params=arch_params, in_channels=len(infos[0].bands),
         bands=list(infos[0].bands), band_names=with_names,
-        normalization={"method": "meanstd", "mean": mean, "std": std},
-        classes=[{"name": n, "color": colors[i]} for i, n in enumerate(class_names)],
+        normalization=Normalization(method="meanstd", mean=mean, std=std),
+        classes=[ClassInfo(name=n, color=colors[i]) for i, n in enumerate(class_names)],
         tile_size=opts.tile, ground_resolution_m=round(pixel_m, 6), drift_reference=drift_ref,
         provenance={"created_by": "geovision train", "trained": True, "images": opts.images, "labels": opts.labels,
                     "class_field": opts.class_field, "pretrained": opts.pretrained if not opts.init else None,
@@ -285,7 +307,7 @@ def run_train(opts: TrainOptions) -> TrainResult:
         loss_fn = build_loss(opts.loss, num_classes=len(class_names), class_weights=weights)
 
     report.mkdir(parents=True, exist_ok=True)
-    resolved = {"options": opts.model_dump(), "bundle_config": json.loads(config.model_dump_json()),
+    resolved = {"options": opts.model_dump(exclude={"on_epoch"}), "bundle_config": json.loads(config.model_dump_json()),
                 "chips": counts, "device": str(device), "autocast": str(autocast)}
     (report / "config.json").write_text(json.dumps(resolved, indent=2))
     _write_split(split, report / "split.gpkg", infos, by_split)
@@ -298,7 +320,7 @@ def run_train(opts: TrainOptions) -> TrainResult:
                  loss_fn=loss_fn, epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
                  weight_decay=opts.weight_decay, device=device, autocast_dtype=autocast, patience=opts.patience,
                  checkpoint=checkpoint, resume=opts.resume, seed=opts.seed, progress=opts.progress,
-                 num_workers=opts.workers, on_epoch=lambda history: _write_metrics(report, history))
+                 num_workers=opts.workers, on_epoch=partial(_epoch_done, report, opts.on_epoch))
     _write_metrics(report, result.history)
     _plot(report, result.history)
     best = None if result.best_metric is None else round(result.best_metric, 6)
@@ -310,13 +332,18 @@ def run_train(opts: TrainOptions) -> TrainResult:
     tmp = out.with_name(out.name + ".tmp")
     save_bundle(tmp, config, result.best_state)
     os.replace(tmp, out)
-    if opts.progress:
-        print(f"best epoch {result.best_epoch} ({config.provenance['metric']} {best}); wrote {out} and {report}/")
     return TrainResult(bundle=out, report=report, best_epoch=result.best_epoch, best_metric=result.best_metric,
                        history=[asdict(r) for r in result.history], chips=counts)
 
 
-def _drift_reference(infos) -> dict:
+def _epoch_done(report: Path, callback: Callable[[dict[str, Any]], None] | None,
+                history: list[EpochRecord]) -> None:
+    _write_metrics(report, history)
+    if callback is not None:
+        callback(asdict(history[-1]))
+
+
+def _drift_reference(infos: Sequence[RasterInfo]) -> dict:
     """The training rasters' per-band pixel distribution, sampled coarsely, for predict's drift check."""
     from geovision.io.drift import reference, sample_raster
 
@@ -324,12 +351,12 @@ def _drift_reference(infos) -> dict:
     return reference(samples)
 
 
-def _band_names(info) -> list[str]:
+def _band_names(info: RasterInfo) -> list[str]:
     n = len(info.bands)
     return ["red", "green", "blue"] if n == 3 and tuple(info.bands) == (1, 2, 3) else [f"band_{b}" for b in info.bands]
 
 
-def _build(config, opts: TrainOptions, init_state):
+def _build(config: BundleConfig, opts: TrainOptions, init_state: dict[str, torch.Tensor] | None) -> nn.Module:
     """The model: from ``--init``, with ImageNet encoder weights, or random."""
     from geovision.models.registry import build_model
 
@@ -344,16 +371,18 @@ def _build(config, opts: TrainOptions, init_state):
     return pretrained_model(config)
 
 
-def _pixel_counts(dataset, num_classes: int, max_chips: int = 64) -> list[int]:
+def _pixel_counts(dataset: ChipDataset, num_classes: int, max_chips: int = 64) -> list[int]:
     counts = np.zeros(num_classes, dtype=np.int64)
     for i in range(min(len(dataset), max_chips)):
         _, mask, _, _ = dataset.read(i)
+        assert mask is not None  # segmentation chips have a mask (only segmentation counts pixels)
         values = mask[mask != 255]
         counts += np.bincount(values, minlength=num_classes)[:num_classes]
     return counts.tolist()
 
 
-def _write_split(split, path: Path, infos, by_split) -> None:
+def _write_split(split: SpatialSplit | PolygonSplit, path: Path, infos: Sequence[RasterInfo],
+                 by_split: dict[str, list[Chip]]) -> None:
     import geopandas as gpd
     import pyogrio
     import shapely
@@ -370,7 +399,7 @@ def _write_split(split, path: Path, infos, by_split) -> None:
         pyogrio.write_dataframe(frame, path, layer="chips", driver="GPKG")
 
 
-def _write_metrics(report: Path, history) -> None:
+def _write_metrics(report: Path, history: Sequence[EpochRecord]) -> None:
     rows = [asdict(r) for r in history]
     (report / "metrics.json").write_text(json.dumps(rows, indent=2))
     if not rows:
@@ -385,7 +414,7 @@ def _write_metrics(report: Path, history) -> None:
     (report / "metrics.csv").write_text("\n".join(lines) + "\n")
 
 
-def _plot(report: Path, history) -> None:
+def _plot(report: Path, history: Sequence[EpochRecord]) -> None:
     """Loss and metric curves as PNG."""
     import matplotlib
 
