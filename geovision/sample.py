@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
@@ -251,6 +251,12 @@ class _Painter:
         # only recorded, never drawn, so the image is the same with or without it
         self.crown_owner: np.ndarray | None = None
         self.crowns: list[tuple[float, float, float, int]] = []
+
+    @overload
+    def m(self, metres: float) -> float: ...
+
+    @overload
+    def m(self, metres: np.ndarray) -> np.ndarray: ...
 
     def m(self, metres: float | np.ndarray) -> float | np.ndarray:
         """Metres to pixels."""
@@ -549,7 +555,8 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: fl
     return _interp_matrix(h, scale_px, gh) @ coarse @ _interp_matrix(w, scale_px, gw).T
 
 
-def _rect(cy: float, cx: float, half_l: float, half_w: float, angle: float, n: int):
+def _rect(cy: float, cx: float, half_l: float, half_w: float, angle: float,
+          n: int) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray, np.ndarray] | None:
     """A rotated rectangle in its bounding window of an ``n``×``n`` raster.
 
     Returns ``((rows, cols) slices, inside (h, w) bool, u, v)`` with ``u`` along and
@@ -570,7 +577,7 @@ def _rect(cy: float, cx: float, half_l: float, half_w: float, angle: float, n: i
     return (slice(r0, r1), slice(c0, c1)), inside, u, v
 
 
-def _disc(cy: float, cx: float, radius: float, n: int):
+def _disc(cy: float, cx: float, radius: float, n: int) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
     """A disc in its bounding window: ``((rows, cols), inside, distance)`` or ``None``."""
     r0, r1 = max(0, int(cy - radius - 1)), min(n, int(np.ceil(cy + radius + 1)))
     c0, c1 = max(0, int(cx - radius - 1)), min(n, int(np.ceil(cx + radius + 1)))
@@ -675,6 +682,7 @@ def _write_fields(path: Path, scene: SceneArrays, transform: Affine, crs: CRS, p
     from rasterio.features import shapes
 
     ids = scene.field_id
+    assert ids is not None  # the painter always draws fields
     parts: dict[int, list] = {}
     for geom, value in shapes(ids, mask=ids > 0, transform=transform, connectivity=4):
         poly = shapely.geometry.shape(geom)

@@ -7,6 +7,10 @@ pixel positions; boxes name their layout (``bbox_xyxy``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily at run time to keep this module pure
+    from rasterio.windows import Window as RioWindow
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,7 @@ class Window:
         """This window in the pixel frame of ``outer`` (which must contain it)."""
         return Window(self.row_off - outer.row_off, self.col_off - outer.col_off, self.height, self.width)
 
-    def to_rasterio(self):  # -> rasterio.windows.Window; imported lazily to keep this module pure
+    def to_rasterio(self) -> RioWindow:
         from rasterio.windows import Window as RioWindow
 
         return RioWindow(self.col_off, self.row_off, self.width, self.height)

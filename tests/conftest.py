@@ -48,7 +48,10 @@ def write_raster(path: Path, data: np.ndarray, *, crs: str | None = UTM, transfo
 
 def scene(rows: int, cols: int, *, seed: int = 0, n_objects: int = 12, size: tuple[int, int] = (20, 60),
           bands: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """A dark textured background with bright rectangles. Returns ``(uint8 (bands, rows, cols), truth (rows, cols) bool)``."""
+    """A dark textured background with bright rectangles.
+
+    Returns ``(uint8 (bands, rows, cols), truth (rows, cols) bool)``.
+    """
     rng = np.random.default_rng(seed)
     img = rng.normal(60, 8, size=(bands, rows, cols)).clip(0, 255)
     truth = np.zeros((rows, cols), dtype=bool)

@@ -51,8 +51,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     result = predict(raster, bundle, d / "run.gpkg", tile=256, overlap=64, review_band=(0.5, 0.97), progress=False)
     index_raster(raster, d / "run.ndvi.tif", index="ndvi", bands="red=1,nir=4")
     transform = Affine(0.5, 0, 500_000, 0, -0.5, 5_650_000)
-    shapes = [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(truth.astype(np.uint8), transform=transform)
-              if v == 1]
+    shapes = [shapely.geometry.shape(g)
+              for g, v in rasterio.features.shapes(truth.astype(np.uint8), transform=transform) if v == 1]
     truth_path = d / "truth.gpkg"
     gpd.GeoDataFrame({"class_name": ["object"] * len(shapes)}, geometry=shapes, crs=UTM).to_file(truth_path)
     return {"dir": d, "raster": raster, "bundle": bundle, "result": result, "truth": truth_path}
@@ -244,7 +244,8 @@ def stress_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         x0, y0 = transform @ (c0, r0)
         x1, y1 = transform @ (c1, r1)
         block = stress[r0:r1, c0:c1]
-        fields.append({"field_id": f"F{i + 1}" if i else "F1 <b>&amp;</script>", "index_mean": float(np.nanmean(ndvi[r0:r1, c0:c1])),
+        fields.append({"field_id": f"F{i + 1}" if i else "F1 <b>&amp;</script>",
+                       "index_mean": float(np.nanmean(ndvi[r0:r1, c0:c1])),
                        "severe_pct": float((block == 3).mean() * 100), "moderate_pct": float((block == 2).mean() * 100),
                        "healthy_pct": float((block == 1).mean() * 100), "geometry": shapely.box(x0, y1, x1, y0)})
     gpd.GeoDataFrame(fields, crs=UTM).to_file(d / "farm.gpkg", layer="fields")
@@ -375,7 +376,8 @@ def test_report_renders_in_chromium(which: str, browser, run: dict, stress_run: 
 
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe
-    fetched = browser.execute_script("return performance.getEntriesByType('resource').map(function (e) { return e.name; })")
+    fetched = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(function (e) { return e.name; })")
     assert all(u.startswith(("data:", "file:", "blob:")) for u in fetched), fetched
 
     counts = browser.execute_script(
@@ -383,7 +385,8 @@ def test_report_renders_in_chromium(which: str, browser, run: dict, stress_run: 
         "Object.keys(r.layers).forEach(function (k) { out[k] = r.featureCount(k); }); return out;")
     assert counts == {s["name"]: s["shown"] for s in data["layers"]}
     assert browser.execute_script("return Object.keys(window.geovisionReport.rasters).length") == len(data["rasters"])
-    overlays = browser.execute_script("return document.querySelectorAll('.leaflet-control-layers-overlays input').length")
+    overlays = browser.execute_script(
+        "return document.querySelectorAll('.leaflet-control-layers-overlays input').length")
     assert overlays == len(data["layers"]) + len(data["rasters"])
     drawn = browser.execute_script("return document.querySelectorAll('.leaflet-overlay-pane path').length")
     assert drawn >= sum(s["shown"] for s in data["layers"])

@@ -100,8 +100,8 @@ def pixel_areas_m2(transform: Affine, crs: Any, shape: tuple[int, int]) -> np.nd
     rows = shape[0]
     if area_method(crs) == "planar":
         unit = linear_unit_m(crs)
-        area = abs(transform.a * transform.e - transform.b * transform.d) * unit**2
-        return np.full((rows, 1), area, dtype=np.float64)
+        planar = abs(transform.a * transform.e - transform.b * transform.d) * unit**2
+        return np.full((rows, 1), planar, dtype=np.float64)
     pixels = _pixel_polygons(transform, np.arange(rows), np.zeros(rows, dtype=np.int64))
     area, _ = measure(pixels, crs)
     return area.reshape(rows, 1)

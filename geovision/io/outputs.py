@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from types import TracebackType
 
 from geovision.errors import OutputExistsError, OutputFormatError, OutputOverwritesInputError
 
@@ -98,6 +99,7 @@ class AtomicOutputs:
     def __enter__(self) -> AtomicOutputs:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is not None:
             self.abort()

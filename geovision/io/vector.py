@@ -4,12 +4,10 @@ Features are appended batch by batch to a scratch GeoPackage (so they do not
 pile up in memory), through GDAL's Arrow interface: one WKB column and plain
 attribute columns. The stitchers hand them over as GeoDataFrames or, on the hot
 path, as :class:`FeatureBatch` (Arrow columns with WKB geometries, built without a
-GEOS geometry or a pandas frame per feature). A layer that has its file to itself is written as one Arrow
-stream by a writer thread, so GDAL keeps the file open for the whole run and
-bulk-loads the spatial index (87 000 polygons in 0.21 s, against 0.39 s in five
-separate appends, whose index triggers fire row by row, and 0.40 s through
-``pyogrio.write_dataframe``), on a thread of its own from the first features on
-(see :data:`_RTREE_OPTION`). At the end the scratch file becomes the
+GEOS geometry or a pandas frame per feature). A layer that has its file to itself is
+written as one Arrow stream by a writer thread, so GDAL keeps the file open for the whole run and
+bulk-loads the spatial index (separate appends fire its triggers row by row), on a
+thread of its own from the first features on (see :data:`_RTREE_OPTION`). At the end the scratch file becomes the
 output directly for ``.gpkg``, or is converted for ``.geojson``, ``.fgb`` and
 ``.parquet``.
 """
@@ -22,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import numpy as np
@@ -34,11 +33,14 @@ import shapely
 from geovision.io.geo import as_pyproj_crs
 from geovision.io.outputs import vector_driver
 
+if TYPE_CHECKING:
+    from rasterio.crs import CRS
+
 #: GDAL geometry type names of WKB type codes
 _WKB_TYPES = {1: "Point", 2: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString", 6: "MultiPolygon"}
 
 #: features held before a batch is written to the scratch GeoPackage; what is held when the
-#: run ends is written after the last forward pass (20 000: up to 0.1 s there)
+#: run ends is written after the last forward pass
 FLUSH_AT = 5_000
 
 
@@ -58,7 +60,8 @@ class FeatureBatch:
         return self.table.num_rows
 
     @classmethod
-    def from_arrays(cls, columns: dict[str, pa.Array], wkb: pa.Array, crs) -> FeatureBatch:
+    def from_arrays(cls, columns: dict[str, pa.Array], wkb: pa.Array,
+                    crs: CRS | pyproj.CRS | str | None) -> FeatureBatch:
         """Arrow attribute columns (text as strings) and a WKB array."""
         return cls(pa.RecordBatch.from_pydict({**columns, "geometry": wkb}),
                    as_pyproj_crs(crs) if crs is not None else None)
@@ -115,14 +118,14 @@ class LayerSink:
             Call :meth:`close` or :meth:`abort` to end the writer.
     """
 
-    def __init__(self, path: str | os.PathLike[str], layer: str, crs, empty: gpd.GeoDataFrame,
-                 geometry_type: str = "Polygon", *, stream: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], layer: str, crs: CRS | pyproj.CRS | str | None,
+                 empty: gpd.GeoDataFrame, geometry_type: str = "Polygon", *, stream: bool = False) -> None:
         self.path = Path(path)
         self.stream = stream
         self._writer: _StreamWriter | None = None
         self.layer = layer
         self.geometry_type = geometry_type
-        # pyproj, once: comparing a frame's CRS with a rasterio CRS rebuilt it for every append (0.5 ms)
+        # pyproj, once: comparing a frame's CRS with a rasterio CRS would rebuild it for every append
         self.crs = as_pyproj_crs(crs) if crs is not None else None
         self._empty = empty
         self._started = False
@@ -207,10 +210,9 @@ class LayerSink:
 
 #: GDAL builds a new GeoPackage layer's spatial index in memory on a thread of its own while
 #: features are inserted, but only from the 100 000th feature on; before that, the whole index
-#: is built when the layer is closed, after the model's last pass (87 000 polygons: 0.23-0.27 s
-#: with one core idle). Set while the stream writer creates its layer, the thread starts at the
-#: first features (the same index; the same CPU, spent while the model runs; 0.08-0.13 s left
-#: at the end).
+#: is built when the layer is closed, after the model's last pass, with a core idle. Set while
+#: the stream writer creates its layer, the thread starts at the first features: the same index
+#: and CPU, spent while the model runs.
 _RTREE_OPTION = "OGR_GPKG_THREADED_RTREE_AT_FIRST_FEATURE"
 
 

@@ -23,12 +23,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from affine import Affine
 
 from geovision.errors import RasterReadError
+
+if TYPE_CHECKING:
+    from rasterio.crs import CRS
 
 __all__ = ["MAX_SIDE", "RDYLGN", "LegendEntry", "Quicklook", "quicklook", "ramp_palette"]
 
@@ -180,7 +183,7 @@ def quicklook(path: str | os.PathLike[str], *, names: Mapping[int, str] | None =
     return _continuous(path, values, src_transform, src_crs, source_size, max_side, band_name)
 
 
-def _warp(values: np.ndarray, transform, crs, nodata: float, categorical: bool,
+def _warp(values: np.ndarray, transform: Affine, crs: CRS, nodata: float, categorical: bool,
           max_side: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """``values`` warped to EPSG:3857 (at most ``max_side`` px) and the result's lon/lat bounds."""
     from rasterio.crs import CRS
@@ -209,7 +212,7 @@ def _warp(values: np.ndarray, transform, crs, nodata: float, categorical: bool,
 
 
 def _categorical(path: Path, values: np.ndarray, colormap: Mapping[int, tuple[int, ...]],
-                 names: Mapping[int, str], hidden: frozenset[int], transform, crs,
+                 names: Mapping[int, str], hidden: frozenset[int], transform: Affine, crs: CRS,
                  source_size: tuple[int, int], max_side: int, band_name: str | None) -> Quicklook | None:
     try:
         warped, bounds = _warp(values, transform, crs, -1, True, max_side)
@@ -235,7 +238,7 @@ def _categorical(path: Path, values: np.ndarray, colormap: Mapping[int, tuple[in
                      entries=entries, band_name=band_name)
 
 
-def _continuous(path: Path, values: np.ndarray, transform, crs, source_size: tuple[int, int],
+def _continuous(path: Path, values: np.ndarray, transform: Affine, crs: CRS, source_size: tuple[int, int],
                 max_side: int, band_name: str | None) -> Quicklook | None:
     values = values.astype(np.float32)
     values[~np.isfinite(values)] = np.nan

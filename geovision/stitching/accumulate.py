@@ -140,7 +140,7 @@ class BlockAccumulator:
 
 
 @numba.njit(cache=True, nogil=True)
-def _normalise(sums, weights, nodata):  # pragma: no cover
+def _normalise(sums: np.ndarray, weights: np.ndarray, nodata: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
     """Divide a finished block's sums by its weights, in place; ``(classes, valid)``.
 
     The class is the arg-max (the first maximum wins); pixels without weight get

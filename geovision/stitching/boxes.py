@@ -243,14 +243,14 @@ def _prepare(
             f"boxes of {where} have shape {boxes.shape}; expected (n, 4) bbox_xyxy (col0, row0, col1, row1)."
         )
     n = len(boxes)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    scores_in = np.asarray(scores, dtype=np.float64).reshape(-1)
     labels_in = np.asarray(labels).reshape(-1)
-    if scores.shape != (n,) or labels_in.shape != (n,):
+    if scores_in.shape != (n,) or labels_in.shape != (n,):
         raise ValueError(
-            f"{where}: {n} boxes but {scores.size} scores and {labels_in.size} labels; "
+            f"{where}: {n} boxes but {scores_in.size} scores and {labels_in.size} labels; "
             "give one score and label per box."
         )
-    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+    if not (np.isfinite(boxes).all() and np.isfinite(scores_in).all()):
         raise ValueError(f"{where}: boxes and scores must be finite (found NaN or inf); drop those boxes first.")
     if labels_in.dtype.kind not in "iu":
         if labels_in.dtype.kind != "f" or not np.array_equal(labels_in, np.round(labels_in)):
@@ -266,7 +266,7 @@ def _prepare(
     clipped = np.clip(boxes, win[[0, 1, 0, 1]], win[[2, 3, 2, 3]])
     size = clipped[:, 2:] - clipped[:, :2]
     keep = (size >= opts.min_size).all(axis=1)
-    clipped, scores, labels_in = clipped[keep], scores[keep], labels_in[keep]
+    clipped, scores_in, labels_in = clipped[keep], scores_in[keep], labels_in[keep]
 
     height, width = raster_shape
     tol = opts.edge_tol
@@ -279,7 +279,7 @@ def _prepare(
     ])
     m = len(clipped)
     return _Raw(
-        clipped, scores, labels_in, near & inner, np.broadcast_to(win, (m, 4)).copy(), np.full(m, number, np.int64)
+        clipped, scores_in, labels_in, near & inner, np.broadcast_to(win, (m, 4)).copy(), np.full(m, number, np.int64)
     )
 
 
@@ -315,7 +315,8 @@ def _overlapping_pairs(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.n
 
 
 def _area(boxes: np.ndarray) -> np.ndarray:
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    area: np.ndarray = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return area
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -356,7 +357,8 @@ def _links(raw: _Raw, i: np.ndarray, j: np.ndarray, match_iou: float) -> np.ndar
     b = np.concatenate([np.maximum(raw.boxes[j, :2], lo), np.minimum(raw.boxes[j, 2:], hi)], axis=1)
     nonempty = ((a[:, 2:] > a[:, :2]) & (b[:, 2:] > b[:, :2])).all(axis=1)
     iou, _ = _overlap(a, b)
-    return ok & nonempty & (iou >= match_iou)
+    linked: np.ndarray = ok & nonempty & (iou >= match_iou)
+    return linked
 
 
 def _components(n: int, i: np.ndarray, j: np.ndarray) -> tuple[int, np.ndarray]:
@@ -478,7 +480,8 @@ def _interacting(fused: _Fused, i: np.ndarray, j: np.ndarray, opts: _Options) ->
     """Which pairs ``(i, j)`` of fused boxes of one class may suppress one another (step 5 or 6)."""
     iou, ios = _overlap(fused.boxes[i], fused.boxes[j])
     either_cut = fused.cut[i].any(axis=1) | fused.cut[j].any(axis=1)
-    return (iou > opts.nms_iou) | (either_cut & (ios >= opts.contain))
+    interacting: np.ndarray = (iou > opts.nms_iou) | (either_cut & (ios >= opts.contain))
+    return interacting
 
 
 def _greedy(n: int, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -524,7 +527,8 @@ def _suppress(fused: _Fused, i: np.ndarray, j: np.ndarray, opts: _Options) -> np
     duplicate = iou > opts.nms_iou
     keep = _greedy(n, lower[duplicate], upper[duplicate])
     fragment = keep[lower] & keep[upper] & fused.cut[lower].any(axis=1) & (ios >= opts.contain)
-    return keep & _greedy(n, lower[fragment], upper[fragment])
+    kept: np.ndarray = keep & _greedy(n, lower[fragment], upper[fragment])
+    return kept
 
 
 # --- one-shot merge ------------------------------------------------------------------

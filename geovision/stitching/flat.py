@@ -100,8 +100,10 @@ class FlatPolygons:
         """``(P,)`` shapely Polygons."""
         if len(self) == 0:
             return np.zeros(0, dtype=object)
-        return shapely.from_ragged_array(shapely.GeometryType.POLYGON, self.coords.astype(np.float64, copy=False),
-                                         (self.ring_offsets, self.polygon_offsets))
+        polygons: np.ndarray = shapely.from_ragged_array(
+            shapely.GeometryType.POLYGON, self.coords.astype(np.float64, copy=False),
+            (self.ring_offsets, self.polygon_offsets))
+        return polygons
 
     def to_wkb(self) -> pa.BinaryArray:
         """``(P,)`` ISO WKB Polygons, as :func:`shapely.to_wkb` writes them, in an Arrow binary array."""
@@ -124,18 +126,20 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     if total == 0:
         return np.zeros(0, np.int64)
     ends = np.cumsum(lengths)
-    return np.arange(total) + np.repeat(starts - (ends - lengths), lengths)
+    ranges: np.ndarray = np.arange(total) + np.repeat(starts - (ends - lengths), lengths)
+    return ranges
 
 
 @numba.njit(cache=True, nogil=True)
-def _put_uint32(data, at, value, little):  # pragma: no cover - compiled
+def _put_uint32(data: np.ndarray, at: int, value: int, little: bool) -> None:  # pragma: no cover - compiled
     for k in range(4):
         byte = (value >> (8 * k)) & 0xFF
         data[at + (k if little else 3 - k)] = byte
 
 
 @numba.njit(cache=True, nogil=True)
-def _wkb(coord_bytes, ring_offsets, polygon_offsets, little):  # pragma: no cover - compiled
+def _wkb(coord_bytes: np.ndarray, ring_offsets: np.ndarray, polygon_offsets: np.ndarray,  # pragma: no cover - compiled
+         little: bool) -> tuple[np.ndarray, np.ndarray]:
     """WKB of each polygon: ``(int32 offsets (P + 1,), uint8 data)`` of an Arrow binary array.
 
     Byte order marker, type 3 (Polygon), ring count, then per ring its vertex count

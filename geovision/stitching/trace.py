@@ -31,8 +31,8 @@ Coordinates are whole-raster pixel corners (integers), as GDAL's are, so pieces
 from neighbouring blocks share exact edge coordinates.
 
 The compiled functions are cached on disk by numba (``__pycache__``, else the
-user's cache directory): the first run after installing compiles them (about 10 s),
-later processes load them (about 0.4 s with numba's own start).
+user's cache directory): the first run after installing compiles them, later
+processes load them.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ __all__ = ["merge_outlines", "merge_rings", "outline_polygons", "outline_rings"]
 
 # segment directions, in the order of left turns (pixel rows grow downwards)
 _SOUTH, _EAST, _NORTH, _WEST = 0, 1, 2, 3
+
+#: what the compiled tracers return: ``(coords, ring_offsets, polygon_offsets, polygon_label)``
+_Rings = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def outline_rings(labels: np.ndarray, n_labels: int, *, row_off: int = 0,
@@ -131,7 +134,7 @@ def merge_outlines(polygons: np.ndarray, group: np.ndarray, rows: Collection[int
 
 
 @numba.njit(cache=True, nogil=True)
-def _trace(labels, n_labels, row_off, col_off):  # pragma: no cover - compiled
+def _trace(labels: np.ndarray, n_labels: int, row_off: int, col_off: int) -> _Rings:  # pragma: no cover - compiled
     """Outlines of labels ``1..n_labels`` of a block: ``(coords, ring_offsets, polygon_offsets, polygon_label)``."""
     h, w = labels.shape
     cap = 2 * (h + 1) * (w + 1) + 4  # maximal segments: at most one per corner and axis
@@ -203,7 +206,8 @@ def _trace(labels, n_labels, row_off, col_off):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _merge(coords, ring_of, ring_owner, n_groups, seam_rows, seam_cols):  # pragma: no cover - compiled
+def _merge(coords: np.ndarray, ring_of: np.ndarray, ring_owner: np.ndarray,  # pragma: no cover - compiled
+           n_groups: int, seam_rows: np.ndarray, seam_cols: np.ndarray) -> _Rings:
     """:func:`merge_outlines` on flat coordinates: ``(coords, ring_offsets, polygon_offsets, polygon_label)``."""
     m = len(coords)
     # ring edges, those along a seam cut into pixel steps (counted first)
@@ -274,13 +278,14 @@ def _merge(coords, ring_of, ring_owner, n_groups, seam_rows, seam_cols):  # prag
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _is_seam(value, seams):  # pragma: no cover - compiled
+def _is_seam(value: int, seams: np.ndarray) -> np.bool_:  # pragma: no cover - compiled
     j = np.searchsorted(seams, value)
     return j < len(seams) and seams[j] == value
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _on_seam(ax, ay, bx, by, seam_rows, seam_cols):  # pragma: no cover - compiled
+def _on_seam(ax: int, ay: int, bx: int, by: int,  # pragma: no cover - compiled
+             seam_rows: np.ndarray, seam_cols: np.ndarray) -> np.bool_:
     """Whether the edge (a, b) lies along a seam: horizontal on a seam row, or vertical on a seam column."""
     if ay == by:
         return _is_seam(ay, seam_rows)
@@ -288,16 +293,19 @@ def _on_seam(ax, ay, bx, by, seam_rows, seam_cols):  # pragma: no cover - compil
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _pieces_of_edge(coords, i, seam_rows, seam_cols):  # pragma: no cover - compiled
+def _pieces_of_edge(coords: np.ndarray, i: int,  # pragma: no cover - compiled
+                    seam_rows: np.ndarray, seam_cols: np.ndarray) -> int:
     """How many segments edge ``i -> i + 1`` becomes: one pixel step each along a seam, else one."""
     ax, ay, bx, by = coords[i, 0], coords[i, 1], coords[i + 1, 0], coords[i + 1, 1]
     if _on_seam(ax, ay, bx, by, seam_rows, seam_cols):
-        return abs(bx - ax) + abs(by - ay)
+        steps: int = abs(bx - ax) + abs(by - ay)
+        return steps
     return 1
 
 
 @numba.njit(cache=True, nogil=True)
-def _rings(x0, y0, x1, y1, direction, lab, nxt, n_labels, straight_vertices):  # pragma: no cover - compiled
+def _rings(x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray,  # pragma: no cover - compiled
+           direction: np.ndarray, lab: np.ndarray, nxt: np.ndarray, n_labels: int, straight_vertices: bool) -> _Rings:
     """Directed segments (inside on the left) and their successors to one polygon per label present.
 
     Walks each ring once, from its lowest segment; with ``straight_vertices`` segments

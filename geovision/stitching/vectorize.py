@@ -460,14 +460,15 @@ class PolygonCollector:
             if root in self._members and (force or self._open[root] == 0):
                 members = sorted(self._members.pop(root))  # arrival order, as a one-shot merge would
                 del self._open[root]
-                for piece in members:
-                    del self._parent[piece]
+                for member in members:
+                    del self._parent[member]
                 done.append([self._pieces.pop(piece) for piece in members])
         n = len(done)
         class_ids = np.empty(n, dtype=np.int64)
         prob_sums = np.empty(n, dtype=np.float64)
         counts = np.empty(n, dtype=np.int64)
-        single, multi = [], []  # group numbers
+        single: list[int] = []  # group numbers
+        multi: list[int] = []
         parts: list[FlatPolygons] = []
         part_group: list[int] = []
         for g, pieces in enumerate(done):
@@ -554,7 +555,11 @@ class _Features:
         return cls(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0), FlatPolygons.empty(), None)
 
     def frame(self, collector: PolygonCollector) -> gpd.GeoDataFrame:
-        geoms = self.geoms if self.geoms is not None else self.polygons.to_shapely()
+        if self.geoms is not None:
+            geoms = self.geoms
+        else:
+            assert self.polygons is not None  # one of the two holds the polygons
+            geoms = self.polygons.to_shapely()
         data = {
             "class_id": self.class_ids.astype(np.int64),
             "class_name": pd.Series(np.array(collector.class_names, dtype=object)[self.class_ids], dtype=object),
@@ -567,8 +572,11 @@ class _Features:
 
     def batch(self, collector: PolygonCollector) -> FeatureBatch:
         n = len(self.class_ids)
-        wkb = (self.polygons.to_wkb() if self.geoms is None
-               else pa.array(shapely.to_wkb(self.geoms), type=pa.binary()))
+        if self.geoms is None:
+            assert self.polygons is not None  # one of the two holds the polygons
+            wkb = self.polygons.to_wkb()
+        else:
+            wkb = pa.array(shapely.to_wkb(self.geoms), type=pa.binary())
         columns = {
             "class_id": pa.array(self.class_ids.astype(np.int64)),
             "class_name": pa.DictionaryArray.from_arrays(pa.array(self.class_ids.astype(np.int32)),
@@ -584,7 +592,8 @@ class _Features:
 
 
 @numba.njit(cache=True, nogil=True)
-def _components(classes, wanted, probabilities):  # pragma: no cover - compiled
+def _components(classes: np.ndarray, wanted: np.ndarray,  # pragma: no cover - compiled
+                probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """4-connected components of the pixels whose class is ``wanted``, all classes in one pass.
 
     Two passes with union-find (path halving): provisional labels from the pixel

@@ -1,4 +1,5 @@
-"""Tiling: pure tile-grid math (``grid``), tile reading through Dask (``reader``) and blend weights (``blend``)."""
+"""Tiling: pure tile-grid math (``grid``), blend weights (``blend``), tile reading (``reader``)
+and ordered, bounded submission of read tasks to Dask (``stream``)."""
 
 from geovision.tiling.grid import BlockGrid, TileGrid, axis_starts
 

@@ -33,6 +33,6 @@ def taper_weights(height: int, width: int, ramp: int) -> np.ndarray:
         d = np.minimum(i, n - 1 - i)
         return np.minimum(1.0, (d + 1.0) / (ramp + 1.0)).astype(np.float32)
 
-    w = np.minimum.outer(axis(height), axis(width))
+    w: np.ndarray = np.minimum.outer(axis(height), axis(width))
     w.setflags(write=False)
     return w

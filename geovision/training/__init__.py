@@ -1,7 +1,9 @@
-"""Training from the user's own labels: labels, spatial split, chips, the training loop.
+"""Training from the user's own labels.
 
-* :mod:`geovision.training.labels` reads the label polygons (and an optional area of
-  interest) and burns them into masks or boxes for any window of a raster.
-* :mod:`geovision.training.split` cuts the rasters into square blocks and assigns each
-  to train, val or test, so the splits are spatially separated by a buffer.
+* :mod:`.labels`: label polygons (and an optional area of interest) read, checked and
+  burnt into masks or boxes for any window of a raster.
+* :mod:`.split`: spatially separated train/val/test blocks with a buffer.
+* :mod:`.chips`: chip planning, per-epoch sampling, the on-the-fly dataset.
+* :mod:`.augment`: albumentations presets for any band count; :mod:`.losses`: losses.
+* :mod:`.loop`: the training loop, metrics and exactly resumable checkpoints.
 """

@@ -244,7 +244,8 @@ class Augment:
         pipeline: The albumentations ``Compose`` (its transforms in order).
     """
 
-    def __init__(self, pipeline: A.Compose, *, preset: str, task: Task, params: Mapping[str, Any], seed: int | None):
+    def __init__(self, pipeline: A.Compose, *, preset: str, task: Task, params: Mapping[str, Any],
+                 seed: int | None) -> None:
         self.pipeline = pipeline
         self.preset = preset
         self.task: Task = task

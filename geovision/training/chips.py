@@ -198,8 +198,12 @@ class ChipDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def read(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Chip ``index`` before augmentation: ``(image (B, H, W) float32, mask or None, boxes or None, labels or None)``."""
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Chip ``index`` before augmentation.
+
+        Returns:
+            ``(image (B, H, W) float32, mask or None, boxes or None, labels or None)``.
+        """
         c = self.chips[index]
         info = self.infos[c.raster]
         size = max(c.window.height, c.window.width)
@@ -218,7 +222,7 @@ class ChipDataset(torch.utils.data.Dataset):
         boxes, box_labels = boxes_in_window(self.labels, info.affine, c.window)
         return image, None, boxes.astype(np.float32), box_labels.astype(np.int64)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
         image, mask, boxes, box_labels = self.read(index)
         if self.augment is not None:
             seed = int(np.random.default_rng([self.seed, self.epoch, index]).integers(2**31 - 1))

@@ -386,9 +386,10 @@ def _class_names(names: pd.Series, classes: Sequence[str] | None, path: str, cla
     found = names.value_counts()
     if classes is None:
         return ["background", *_natural_sorted(found.index)]
-    given = [_as_name(c) for c in classes]
-    if not given or any(c is None for c in given):
+    as_names = [_as_name(c) for c in classes]
+    if not as_names or any(c is None for c in as_names):
         raise ConfigError(f"--classes must be a list of non-empty class names, got {list(classes)!r}.")
+    given = [c for c in as_names if c is not None]
     if len(set(given)) != len(given):
         repeated = sorted({c for c in given if given.count(c) > 1})
         raise ConfigError(f"--classes names {', '.join(map(repr, repeated))} more than once; give each class once.")

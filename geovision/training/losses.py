@@ -62,7 +62,8 @@ WeightMethod = Literal["inverse_sqrt", "median"]
 _WEIGHT_METHODS: tuple[str, ...] = ("inverse_sqrt", "median")
 
 
-def _weighted_mean(per_pixel: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor | None):
+def _weighted_mean(per_pixel: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+                   weight: torch.Tensor | None) -> torch.Tensor:
     """``sum(w[t] * loss) / sum(w[t])`` over the valid pixels; 0 (with a gradient) when that sum is 0."""
     if weight is None:
         pixel_weight = valid.to(per_pixel.dtype)
@@ -132,7 +133,7 @@ class FocalLoss(_PixelLoss):
         return _weighted_mean(per_pixel, target, valid, self.weight)
 
 
-class DiceLoss(import_smp().losses.DiceLoss):
+class DiceLoss(import_smp().losses.DiceLoss):  # type: ignore[misc]  # a base mypy cannot see: smp, imported lazily
     """smp's multiclass soft Dice loss, averaged over the classes present in the batch.
 
     ``1 - 2 sum(p t) / (sum p + sum t)`` per class over the batch's counted pixels

@@ -138,6 +138,7 @@ class SpatialSplit:
         """``(n, 4)`` interior bounds; sides on the grid's outer edge are open (±inf)."""
         b = shapely.bounds(np.asarray(self.blocks.geometry.values, dtype=object))
         outer = np.asarray(self.blocks.total_bounds, dtype=np.float64)
+        assert self.buffer_y is not None  # set in __post_init__
         hx, hy = self.buffer / 2, self.buffer_y / 2
         return np.column_stack([
             np.where(b[:, 0] <= outer[0], -np.inf, b[:, 0] + hx),
