@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -22,20 +21,11 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
+from machine import machine
 
 from geovision.io.raster import BLOCK_SIZE, BlockWriter, to_cog
 from geovision.tiling.grid import BlockGrid
 from geovision.tiling.reader import RasterInfo
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_classes(scratch: Path, size: int, seed: int = 0) -> None:
@@ -68,7 +58,7 @@ def main() -> dict[str, object]:
             t0 = time.perf_counter()
             to_cog(scratch, cog, resampling="NEAREST")
             times.append(time.perf_counter() - t0)
-    record = {"cpu": cpu_model(), "size": args.size, "cog_copy_s_median": round(statistics.median(times), 3),
+    record = {**machine(), "size": args.size, "cog_copy_s_median": round(statistics.median(times), 3),
               "runs_s": [round(t, 3) for t in times]}
     print(json.dumps(record))
     return record

@@ -39,23 +39,14 @@ import numpy as np
 import shapely
 import shapely.affinity
 from affine import Affine
+from machine import cpu_flags, cpu_model
 from scipy import ndimage
 
-from geovision.agri.coverage import coverage_fractions
+from geovision.agri.coverage import _pixel_polygons, coverage_fractions
 
 ROOT = Path(__file__).resolve().parents[1]
 FLANDERS = ROOT.parent / "shared" / "data" / "befl_fields_s2_orthoseg"
 BLOCK = (512, 512)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --- exactextract, three ways ----------------------------------------------------------------
@@ -181,14 +172,6 @@ def ee_low(geoms, transform: Affine, shape):
         frac.ravel()[props["cell_id"]] = props["coverage"]
         out.append(frac)
     return out
-
-
-def _pixel_polygons(transform: Affine, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    corners_c = np.stack([cols, cols + 1, cols + 1, cols, cols], axis=1).astype(np.float64)
-    corners_r = np.stack([rows, rows, rows + 1, rows + 1, rows], axis=1).astype(np.float64)
-    x = transform.a * corners_c + transform.b * corners_r + transform.c
-    y = transform.d * corners_c + transform.e * corners_r + transform.f
-    return shapely.polygons(np.stack([x, y], axis=-1))
 
 
 def hand_written(geom: shapely.Geometry, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
@@ -318,7 +301,7 @@ def main() -> None:
 
     import exactextract
 
-    print(f"CPU: {cpu_model()} ({platform.machine()}), Python {platform.python_version()}, "
+    print(f"CPU: {cpu_model()} ({platform.machine()}; {' '.join(cpu_flags())}), Python {platform.python_version()}, "
           f"exactextract {exactextract.__version__}, shapely {shapely.__version__} "
           f"(GEOS {shapely.geos_version_string})")
     print(f"block {BLOCK[0]}x{BLOCK[1]}, median of {args.repeats} runs over the whole block; "

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -42,6 +41,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import rasterio  # noqa: E402
 from affine import Affine  # noqa: E402
+from machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,8 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_rss_mb": round(rss, 1),
         "score_threshold": args.score_threshold,
         "tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size,
-        "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), **machine(),
     }
     record.update(score_against_truth(work / "objects.gpkg", truth, args.size, args.tile, args.overlap))
     if args.arch_times:

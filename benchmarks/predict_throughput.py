@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -52,6 +51,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np
 import rasterio
 from affine import Affine
+from machine import machine
 
 
 def write_synthetic(path: Path, size: int, seed: int = 0) -> Path:
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
         "megapixels_per_second": round(height * width / 1e6 / end_to_end, 3),
         "tile": args.tile, "overlap": args.overlap, **plan,
         "precision": args.precision, "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        **machine(),
     }
     print(json.dumps(record))
     return record

@@ -12,14 +12,15 @@ this runs ``predict_throughput`` with a stand-in for ``SegmentationPredictor.pre
 - in one call into TorchScript, which lets go of the GIL for all of it as the real
   pass's frozen graph does, it normalises the tiles as the real pass does and computes
   ``--matmuls`` products of two 1024 x 1024 float32 matrices per tile (about 37 ms each
-  on one core of machine A, so 8 are about 0.3 s, what a bf16 pass of a 512 px tile
-  takes on machine D scaled by how much slower machine A runs the stitching).
+  on one core of a 2 vCPU AMD EPYC with AVX2, so 8 are about 0.3 s: what a bf16 pass of
+  a 512 px tile takes on an AVX512-BF16 AMD EPYC, scaled by how much slower the AVX2 one
+  runs the stitching).
 
 ``model_only_s`` and ``end_to_end_s`` are both measured with the stand-in, as
-``predict_throughput`` measures them. Calibration on machine A (2026-12-01): with 8
-products per tile, the code machine D measured at efficiency 0.698 (4096²) gave
-0.68-0.78 here (its ``model_only`` runs varied by 10-40% on a busy host); the figure is
-an estimate for such a machine, not a measurement on it.
+``predict_throughput`` measures them. Calibration on the AVX2 EPYC (2026-12-01): with 8
+products per tile, the code the AVX512-BF16 EPYC measured at efficiency 0.698 (4096²)
+gave 0.68-0.78 here; the figure is an estimate for such a machine, not a measurement on
+it (docs/performance.md).
 
     python benchmarks/stand_in_model.py --size 4096 --matmuls 8 --repeat 3
 """

@@ -25,10 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         "val_per_class": {k: round(v, 4) for k, v in best["per_class"].items()},
         "chips": result.chips, "train_seconds": round(seconds, 1), "tile": setup.get("tile"),
         "bundle": str(result.bundle), "report": str(result.report),
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        **machine(),
     }
     print(json.dumps(record), flush=True)
     return record
