@@ -180,11 +180,11 @@ def test_single_layer_format_with_sibling_layer(run: dict, tmp_path: Path) -> No
 
 def test_table_from_the_layer_without_summary_and_feature_cap(run: dict, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from geovision.report import inputs
+    from geovision.report import layers
 
     vector = shutil.copy(run["result"].vector_path, tmp_path / "copy.gpkg")
     frame = gpd.read_file(vector, layer="predictions")
-    monkeypatch.setattr(inputs, "MAX_FEATURES", 3)
+    monkeypatch.setattr(layers, "MAX_FEATURES", 3)
     page = write_report(vector).read_text()
     table = class_table(page)
     assert table["object"][0] == len(frame)

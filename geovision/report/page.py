@@ -17,14 +17,9 @@ import numpy as np
 
 from geovision.io.outputs import AtomicOutputs, sibling
 from geovision.report.charts import histogram_svg
-from geovision.report.inputs import (
-    ClassRow,
-    Inputs,
-    Layer,
-    collect,
-    feature_collection,
-    outline_color,
-)
+from geovision.report.colors import outline_color
+from geovision.report.inputs import Inputs, collect
+from geovision.report.layers import ClassRow, Layer, feature_collection
 from geovision.report.quicklook import RDYLGN, Quicklook
 
 __all__ = ["REPORT_SUFFIX", "render", "write_report"]
