@@ -84,7 +84,7 @@ class BackendContract:
         valid[-1, :, : tile // 8] = False  # nodata strip on the last tile
         return tiles, valid
 
-    def test_is_a_tile_predictor_of_its_task(self, tmp_path: Path) -> None:
+    def test_is_a_backend_of_its_task(self, tmp_path: Path) -> None:
         predictor, _, _ = self.make(tmp_path)
         assert isinstance(predictor, Backend)
         assert predictor.task == self.task

@@ -183,7 +183,7 @@ def test_geovision_has_no_import_cycles() -> None:
 def test_models_import_down_the_line() -> None:
     """geovision.models: config <- bundle <- detectors <- registry <- predictor <- task predictors <- factory."""
     order = ["config", "bundle", "detectors", "registry", "pretrained", "predictor",
-             "segmentation", "detection", "factory"]
+             "segmentation", "detection", "onnx", "factory"]
     rank = {f"geovision.models.{name}": i for i, name in enumerate(order)}
     upward = [edge for edge in import_graph(REPO, "geovision")
               if edge.source in rank and edge.target in rank and rank[edge.target] >= rank[edge.source]]

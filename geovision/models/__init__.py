@@ -4,7 +4,7 @@ The modules form one line; each imports only modules before it
 (``tests/test_imports.py`` keeps it so)::
 
     config <- bundle <- detectors <- registry <- pretrained
-                                     registry <- predictor <- segmentation, detection <- factory
+                                     registry <- predictor <- segmentation, detection, onnx <- factory
     inference (no other models module)
 
 * :mod:`geovision.models.config` -- the configuration schema: ``BundleConfig``
@@ -25,6 +25,8 @@ The modules form one line; each imports only modules before it
 * :mod:`geovision.models.segmentation` -- ``SegmentationPredictor``: per-class
   probabilities for a batch of tiles.
 * :mod:`geovision.models.detection` -- ``DetectionPredictor``: boxes per tile.
+* :mod:`geovision.models.onnx` -- ONNX export of segmentation bundles and the
+  onnxruntime backend that runs them (extra ``runtimes``).
 * :mod:`geovision.models.factory` -- ``make_predictor`` (the predictor for a
   bundle's task), ``load_predictor``, ``shared_predictor``.
 * :mod:`geovision.models.inference` -- several forward passes side by side.
