@@ -1,8 +1,9 @@
 """Dask clients for a run, and the predictor each cluster worker keeps.
 
 :class:`Clients` gives a run its client when first asked: of an existing cluster
-(``--scheduler``) or of a quiet in-process cluster of reader threads. ``predict`` and
-``stress`` both take theirs from here. On a cluster the workers read *and* predict:
+(``--scheduler``) or of a quiet in-process cluster of reader threads. ``predict`` takes its
+client from here (runs that are always local, such as ``stress``, use
+:func:`geovision.tiling.stream.local_cluster`). On a cluster the workers read *and* predict:
 the bundle's bytes are broadcast once and :func:`worker_predictor` loads them once per
 worker process (:func:`read_and_predict` is the task).
 """
@@ -10,8 +11,7 @@ worker process (:func:`read_and_predict` is the task).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from geovision.tiling.reader import RasterInfo, read_tiles
 from geovision.tiling.stream import local_client
 from geovision.types import Tile
 
-__all__ = ["Clients", "dask_client", "read_and_predict", "worker_predictor"]
+__all__ = ["Clients", "read_and_predict", "worker_predictor"]
 
 
 class Clients:
@@ -71,16 +71,6 @@ class Clients:
         client.close()
         if getattr(client, "cluster", None) is not None and not self.scheduler:
             client.cluster.close()
-
-
-@contextmanager
-def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
-    """A run's Dask client as a context manager (see :class:`Clients`)."""
-    clients = Clients(scheduler, workers)
-    try:
-        yield clients.get()
-    finally:
-        clients.close()
 
 
 _WORKER_PREDICTORS: dict[tuple[str, str, str], Backend] = {}

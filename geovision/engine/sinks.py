@@ -121,19 +121,14 @@ class RunLayers:
 
     def specs(self) -> list[LayerSpec]:
         """The layers and their geometry types, the main one first."""
-        specs = [LayerSpec(LAYER, "Polygon")]
-        if self.points is not None:
-            specs.append(LayerSpec("points", "Point"))
-        if self.zones is not None:
-            specs.append(LayerSpec("zones", "MultiPolygon"))
-        if self.review:
-            specs.append(LayerSpec("review", "Polygon"))
-        return specs
+        return self.planned(points=self.points is not None, zones=self.zones is not None, review=self.review)
 
     @staticmethod
-    def planned(*, points: bool, zones: bool, review: bool) -> list[str]:
-        """The names :meth:`names` will give, before the layers are opened."""
-        return [LAYER] + [n for n, on in (("points", points), ("zones", zones), ("review", review)) if on]
+    def planned(*, points: bool, zones: bool, review: bool) -> list[LayerSpec]:
+        """The layers a run with these options writes (what :meth:`specs` gives once they are open)."""
+        wanted = ((LayerSpec(LAYER, "Polygon"), True), (LayerSpec("points", "Point"), points),
+                  (LayerSpec("zones", "MultiPolygon"), zones), (LayerSpec("review", "Polygon"), review))
+        return [spec for spec, on in wanted if on]
 
     def abort(self) -> None:
         for sink in (self.main, self.points):

@@ -51,7 +51,8 @@ def export_onnx(bundle: str | os.PathLike[str], out: str | os.PathLike[str]) -> 
     model = build_loaded_model(config, state).eval()
     example = torch.zeros(1, config.in_channels, config.tile_size, config.tile_size)
     out = Path(out)
-    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as work:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as work:
         raw = Path(work) / "model.onnx"
         with warnings.catch_warnings():
             # the TorchScript exporter: the torch.export one needs onnxscript, which is not a dependency
@@ -73,6 +74,10 @@ def read_onnx_config(path: str | os.PathLike[str]) -> BundleConfig:
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return _config(path, meta)
+
+
+def _config(path: str | os.PathLike[str], meta: dict[str, str]) -> BundleConfig:
     if META_CONFIG not in meta:
         raise BundleError(f"{path}: this ONNX file holds no geovision configuration; export it with "
                           "geovision.models.onnx.export_onnx.")
@@ -92,12 +97,13 @@ class OnnxSegmentationBackend:
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        self.config = read_onnx_config(path)
-        self.normalizer = Normalizer(self.config)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         self._session: Any = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # the configuration from the session's own copy of the metadata: the file is read once
+        self.config = _config(path, dict(self._session.get_modelmeta().custom_metadata_map))
+        self.normalizer = Normalizer(self.config)
 
     def predict(self, tiles: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """``(N, classes, H, W)`` float32 probabilities for ``(N, bands, H, W)`` raw tiles."""

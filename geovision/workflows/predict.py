@@ -224,8 +224,8 @@ def _run_predict(opts: PredictOptions) -> PredictResult:
         zones.check_overlap(_union_bounds(infos))
 
     inputs = opts.rasters + ([opts.zones] if opts.zones else [])
-    target = FileTarget(opts.out, RunLayers.planned(points=opts.points, zones=zones is not None,
-                                                    review=bool(opts.review_band)), inputs, opts.overwrite)
+    planned = RunLayers.planned(points=opts.points, zones=zones is not None, review=bool(opts.review_band))
+    target = FileTarget(opts.out, [spec.name for spec in planned], inputs, opts.overwrite)
     try:
         with AtomicOutputs(inputs, opts.overwrite) as outputs:
             summary_path = sibling(opts.out, ".summary.json")

@@ -47,7 +47,6 @@ from geovision.agri.stress import (
     StressRule,
 )
 from geovision.agri.summary import stress_summary, write_quicklook
-from geovision.engine.cluster import dask_client
 from geovision.engine.progress import Progress, ProgressOption, callback_for
 from geovision.errors import BandMismatchError, ConfigError, NodataOnlyError, VectorContentError
 from geovision.io.geo import window_bounds
@@ -56,7 +55,7 @@ from geovision.io.raster import BLOCK_SIZE, BlockWriter, hex_to_rgba, to_cog
 from geovision.io.vector import LayerSink, export
 from geovision.tiling.grid import BlockGrid
 from geovision.tiling.reader import RasterInfo, TileData, gdal_env, open_raster, read_tiles
-from geovision.tiling.stream import batched, stream
+from geovision.tiling.stream import batched, local_cluster, stream
 from geovision.types import Tile, Window
 
 if TYPE_CHECKING:
@@ -181,7 +180,7 @@ def _index_pass(p1: IndexPass, blocks: list[Tile], index_scratch: Path, status_s
     status_writer = BlockWriter(status_scratch, info, count=1, dtype="uint8", nodata=255)
     bar = Progress(on_progress, f"{p1.index} + field stats", len(blocks), "block")
     try:
-        with dask_client() as client:
+        with local_cluster() as client:
             for _, (read, skipped) in stream(client, _read_block, batched(blocks, 4), info, BLOCK, prefetch=4):
                 for item, data, valid in ([(t.tile, t.data, t.valid) for t in read]
                                           + [(s, None, None) for s in skipped]):
